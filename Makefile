@@ -1,0 +1,36 @@
+# make install: .venv with the torch pair that timm works with here, then the package (editable) + extras.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
+STAMP := $(VENV)/.installed
+
+.PHONY: install test test-fast demo lint bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -c "import torch, torchvision" 2>/dev/null || $(BIN)/python -m pip install -q $(TORCH_PIN)
+	$(BIN)/python -m pip install -q -e ".[dev,crf,examples]"
+	touch $(STAMP)
+
+test: install
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -ra
+
+test-fast: install
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "not slow"
+
+demo: install
+	HF_HUB_OFFLINE=1 $(BIN)/python examples/demo.py
+
+lint: install
+	$(BIN)/ruff check mcc tests benchmarks examples
+	$(BIN)/ruff format --check mcc tests benchmarks examples
+
+bench: install
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/masked_views.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

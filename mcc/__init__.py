@@ -1,0 +1,4 @@
+"""mcc: Masked Collaborative Contrast for weakly supervised semantic segmentation."""
+
+__version__ = "0.1.0"
+__all__: list[str] = []

@@ -1,0 +1,1 @@
+"""mcc.attention."""
