@@ -1,1 +1,21 @@
-"""mcc.losses."""
+"""mcc.losses: the training objectives of MCC and the projection heads they need.
+
+* token affinity (Eq. 11-12): :func:`affinity_labels`, :func:`affinity_loss`;
+* segmentation: :func:`segmentation_loss`;
+* masked collaborative contrast (Eq. 8-10): :func:`positive_views`, :class:`MomentumProjector`,
+  :func:`mcc_infonce`.
+"""
+
+from .affinity import affinity_labels, affinity_loss
+from .contrast import mcc_infonce, positive_views
+from .projector import MomentumProjector
+from .segmentation import segmentation_loss
+
+__all__ = [
+    "MomentumProjector",
+    "affinity_labels",
+    "affinity_loss",
+    "mcc_infonce",
+    "positive_views",
+    "segmentation_loss",
+]
