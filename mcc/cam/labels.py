@@ -1,0 +1,119 @@
+"""Pseudo labels from CAMs by thresholding (paper Eq. 10, the reliable label Y')."""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["box_mask", "cam_to_label"]
+
+
+def box_mask(img_box: torch.Tensor, batch: int, size: tuple[int, int], device=None) -> torch.Tensor:
+    """Boolean map of the pixels inside each image's valid box.
+
+    Args:
+        img_box: boxes, shape (B, 4), integer rows ``(y0, y1, x0, x1)`` with ``0 <= y0 <= y1 <= h`` and
+            ``0 <= x0 <= x1 <= w`` (end exclusive, like slicing ``[y0:y1, x0:x1]``).
+        batch: expected number of boxes B.
+        size: ``(h, w)`` of the label the boxes refer to.
+        device: device of the result (default: the boxes').
+
+    Returns:
+        inside, shape (B, h, w), True within the box.
+
+    Raises:
+        ValueError: ``img_box`` has the wrong shape, is not integer, or lies outside ``size``.
+    """
+    img_box = torch.as_tensor(img_box, device=device)
+    if img_box.shape != (batch, 4):
+        raise ValueError(f"img_box must have shape ({batch}, 4), got {tuple(img_box.shape)}")
+    if img_box.dtype.is_floating_point or img_box.dtype == torch.bool or img_box.is_complex():
+        raise ValueError(f"img_box must hold integers, got {img_box.dtype}")
+    height, width = size
+    y0, y1, x0, x1 = img_box.long().unbind(1)
+    ok = (0 <= y0) & (y0 <= y1) & (y1 <= height) & (0 <= x0) & (x0 <= x1) & (x1 <= width)
+    if not bool(ok.all()):
+        bad = int((~ok).nonzero()[0, 0])
+        raise ValueError(
+            f"img_box row {bad} = {img_box[bad].tolist()} is not (y0, y1, x0, x1) with "
+            f"0 <= y0 <= y1 <= {height} and 0 <= x0 <= x1 <= {width}"
+        )
+    rows = torch.arange(height, device=img_box.device)
+    cols = torch.arange(width, device=img_box.device)
+    inside_rows = (rows >= y0[:, None]) & (rows < y1[:, None])
+    inside_cols = (cols >= x0[:, None]) & (cols < x1[:, None])
+    return inside_rows[:, :, None] & inside_cols[:, None, :]
+
+
+def cam_to_label(
+    cam: torch.Tensor,
+    cls_label: torch.Tensor,
+    *,
+    bkg_thre: float | None = None,
+    low_thre: float | None = None,
+    high_thre: float | None = None,
+    img_box: torch.Tensor | None = None,
+    ignore_index: int = 255,
+) -> torch.Tensor:
+    """Turns CAMs into a segmentation label by thresholding the best present class.
+
+    With ``score, cls = max_c(cam * cls_label)`` the label is ``cls + 1`` (class ids start at 1,
+    background is 0), then either
+
+    * two-way (``bkg_thre``, used to score CAMs): 0 where ``score <= bkg_thre``;
+    * three-way (``low_thre``/``high_thre``, the paper's beta_bg/beta_fg, Eq. 10): 0 where
+      ``score <= low_thre``, ``ignore_index`` where ``low_thre < score <= high_thre``, the class above.
+
+    Pixels outside ``img_box`` get ``ignore_index``. Give either ``bkg_thre`` or both ``low_thre`` and
+    ``high_thre``.
+
+    Args:
+        cam: class activation maps, shape (B, C, h, w), e.g. min-max normalised to [0, 1].
+        cls_label: multi-hot image labels over foreground classes, shape (B, C).
+        bkg_thre: background threshold of the two-way label.
+        low_thre: background threshold of the three-way label (beta_bg, paper: 0.25).
+        high_thre: foreground threshold of the three-way label (beta_fg, paper: 0.7), >= ``low_thre``.
+        img_box: valid region of each image, shape (B, 4), rows ``(y0, y1, x0, x1)`` in the label's own
+            pixel units (for a token-grid label: token units), end exclusive.
+        ignore_index: value of uncertain pixels and of pixels outside the box.
+
+    Returns:
+        label, shape (B, h, w), ``torch.long``.
+
+    Raises:
+        ValueError: wrong shapes, a ``cls_label`` width that is not C, boxes out of range, or thresholds
+            that are not exactly one of the two modes (or ``low_thre > high_thre``).
+
+    Example:
+        >>> cam = torch.tensor([[[[0.1, 0.5, 0.9]]]])
+        >>> cam_to_label(cam, torch.ones(1, 1), low_thre=0.25, high_thre=0.7)
+        tensor([[[  0, 255,   1]]])
+    """
+    if cam.ndim != 4:
+        raise ValueError(f"cam must have shape (B, C, h, w), got {tuple(cam.shape)}")
+    batch, num_classes, height, width = cam.shape
+    if cls_label.shape != (batch, num_classes):
+        raise ValueError(
+            f"cls_label must have shape (B, C) = ({batch}, {num_classes}) to match cam, "
+            f"got {tuple(cls_label.shape)}"
+        )
+    two_way = bkg_thre is not None
+    three_way = low_thre is not None or high_thre is not None
+    if two_way == three_way or (three_way and (low_thre is None or high_thre is None)):
+        raise ValueError(
+            "give either bkg_thre (two-way label) or both low_thre and high_thre (three-way label), "
+            f"got bkg_thre={bkg_thre}, low_thre={low_thre}, high_thre={high_thre}"
+        )
+    if three_way and low_thre > high_thre:
+        raise ValueError(f"low_thre ({low_thre}) must not exceed high_thre ({high_thre})")
+
+    score, cls = (cam * cls_label.to(cam.dtype)[:, :, None, None]).max(dim=1)
+    label = cls + 1
+    if two_way:
+        label[score <= bkg_thre] = 0
+    else:
+        label[score <= high_thre] = ignore_index
+        label[score <= low_thre] = 0
+    if img_box is not None:
+        inside = box_mask(img_box, batch, (height, width), device=cam.device)
+        label = label.masked_fill(~inside, ignore_index)
+    return label

@@ -1,0 +1,107 @@
+"""Multi-scale, flip-augmented class activation maps (METHOD.md step 2, the ToCo/AFA recipe)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["multi_scale_cam"]
+
+CamFn = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]]
+
+
+def _check_maps(name: str, maps: torch.Tensor, batch: int) -> None:
+    if not isinstance(maps, torch.Tensor) or maps.ndim != 4 or maps.shape[0] != batch:
+        shape = tuple(maps.shape) if isinstance(maps, torch.Tensor) else type(maps).__name__
+        raise ValueError(f"cam_fn must return {name} of shape ({batch}, C, h, w), got {shape}")
+
+
+def _min_max(cam: torch.Tensor) -> torch.Tensor:
+    # Per image and class; the 1e-5 keeps an all-zero map at zero instead of NaN.
+    cam = cam - cam.amin(dim=(-2, -1), keepdim=True)
+    return cam / (cam.amax(dim=(-2, -1), keepdim=True) + 1e-5)
+
+
+@torch.no_grad()
+def multi_scale_cam(
+    cam_fn: CamFn,
+    images: torch.Tensor,
+    scales: Sequence[float] = (1.0, 0.5, 1.5),
+    flip: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Class activation maps averaged over scales and a horizontal flip, min-max normalised.
+
+    For every scale ``s`` the images are resized (bilinear, ``align_corners=False``) to
+    ``int(s*H) x int(s*W)`` and, with ``flip``, concatenated with their horizontal mirror, so ``cam_fn``
+    runs once per scale on a batch of ``2B``. Its maps are resized back to ``H x W`` (bilinear,
+    ``align_corners=False``), the mirrored half is flipped back and merged with the direct half by
+    element-wise max, then ReLU. The per-scale maps are summed and normalised per image and class:
+    ``cam = cam - min(cam); cam = cam / (max(cam) + 1e-5)``. The same is done to the auxiliary maps.
+
+    Args:
+        cam_fn: ``cam_fn(images) -> (cam, cam_aux)`` with raw class maps at any resolution (e.g. token
+            resolution), shapes ``(N, C, h, w)`` and ``(N, C_aux, h', w')`` for an input of ``N`` images;
+            ``cam_aux`` may be ``None``.
+        images: input batch, shape (B, 3, H, W) (normalised as ``cam_fn`` expects).
+        scales: resize factors, each > 0 (published: 1.0, 0.5, 1.5).
+        flip: also run the horizontally flipped images.
+
+    Returns:
+        ``(cam, cam_aux)``: shapes (B, C, H, W) and (B, C_aux, H, W), float32, values in [0, 1), on
+        ``images.device``, without gradient; ``cam_aux`` is ``None`` when ``cam_fn`` returns ``None``.
+
+    Raises:
+        ValueError: ``images`` is not 4-D, ``scales`` is empty or has a factor that gives an empty image,
+            or ``cam_fn`` returns maps of the wrong shape.
+
+    Example:
+        >>> weight = torch.randn(20, 3)
+        >>> def cam_fn(x):
+        ...     maps = torch.einsum("kc,bchw->bkhw", weight, F.avg_pool2d(x, 16))
+        ...     return maps, maps
+        >>> cam, cam_aux = multi_scale_cam(cam_fn, torch.rand(2, 3, 64, 48))
+        >>> cam.shape
+        torch.Size([2, 20, 64, 48])
+    """
+    if images.ndim != 4:
+        raise ValueError(f"images must have shape (B, 3, H, W), got {tuple(images.shape)}")
+    if len(scales) == 0:
+        raise ValueError("scales must not be empty")
+    batch, _, height, width = images.shape
+    sizes = [(int(s * height), int(s * width)) for s in scales]
+    for s, (h, w) in zip(scales, sizes, strict=True):
+        if s <= 0 or h < 1 or w < 1:
+            raise ValueError(f"scales: factor {s} gives an empty {h}x{w} image from {height}x{width}")
+
+    cam_sum: torch.Tensor | None = None
+    aux_sum: torch.Tensor | None = None
+    for size in sizes:
+        x = images
+        if size != (height, width):
+            x = F.interpolate(images, size=size, mode="bilinear", align_corners=False)
+        if flip:
+            x = torch.cat([x, x.flip(-1)], dim=0)
+        cam, cam_aux = cam_fn(x)
+        _check_maps("cam", cam, x.shape[0])
+        cam = _merge(cam, batch, (height, width), flip, images.device)
+        cam_sum = cam if cam_sum is None else cam_sum + cam
+        if cam_aux is not None:
+            _check_maps("cam_aux", cam_aux, x.shape[0])
+            cam_aux = _merge(cam_aux, batch, (height, width), flip, images.device)
+            aux_sum = cam_aux if aux_sum is None else aux_sum + cam_aux
+
+    assert cam_sum is not None
+    return _min_max(cam_sum), None if aux_sum is None else _min_max(aux_sum)
+
+
+def _merge(
+    maps: torch.Tensor, batch: int, size: tuple[int, int], flip: bool, device: torch.device
+) -> torch.Tensor:
+    """One scale's maps (N, C, h, w) -> (B, C, H, W): resize, merge the flipped half by max, ReLU."""
+    maps = maps.to(device=device, dtype=torch.float32)
+    maps = F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
+    if flip:
+        maps = torch.maximum(maps[:batch], maps[batch:].flip(-1))
+    return maps.relu()
