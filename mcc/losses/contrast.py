@@ -157,5 +157,5 @@ def mcc_infonce(
         # log(1 + sum_n e_tn + eps), per teacher token: (B, T)
         log_one_plus_neg = torch.logaddexp(torch.zeros_like(log_neg), log_neg)[..., 0]
         per_image = (nce * pos).sum((1, 2)) + log_one_plus_neg.sum(1)
-        per_image = per_image / (num_teacher * (positive.sum(1) + _REFERENCE_COUNT_EPS))
+        per_image = per_image / (num_teacher * (positive.sum(1).to(nce.dtype) + _REFERENCE_COUNT_EPS))
         return per_image.mean()
