@@ -1,0 +1,281 @@
+"""A timm Vision Transformer whose attention keys can be dropped per view, exactly and fast."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mcc.attention.masked_attention import KeyMaskedAttention
+
+__all__ = ["KeyMaskedViT", "ViTTokens", "patch_vit"]
+
+_BLOCK_PARTS = ("norm1", "attn", "ls1", "drop_path1", "norm2", "mlp", "ls2", "drop_path2")
+
+
+class ViTTokens(NamedTuple):
+    """What :class:`KeyMaskedViT` returns.
+
+    Attributes:
+        cls: class token after the final norm, (B, D); (B, V, D) for a (B, V, h*w) key mask.
+        patches: final patch tokens after the final norm, (B, D, h, w); None with a key mask.
+        aux: patch tokens after block ``aux_layer``, un-normed, (B, D, h, w); None with a key mask.
+        grid: the token grid (h, w).
+    """
+
+    cls: torch.Tensor
+    patches: torch.Tensor | None
+    aux: torch.Tensor | None
+    grid: tuple[int, int]
+
+
+class KeyMaskedViT(nn.Module):
+    """Runs a timm ``VisionTransformer`` with per-view key masks (build it with :func:`patch_vit`).
+
+    The wrapper owns the timm model as ``self.vit``, so its state-dict keys are timm's under a ``vit.``
+    prefix; it adds no parameters. Its attention layers are :class:`KeyMaskedAttention` views of timm's
+    (shared parameters), and it runs its own loop over timm's blocks, so it does not depend on timm's
+    ``attn_mask`` plumbing.
+
+    Without a key mask it returns the class token, the final patch tokens (= timm's ``forward_features``)
+    and the patch tokens after block ``aux_layer``. With a key mask it computes the masked class tokens.
+    A dropped key is dropped in every block, so a dropped token can never influence the class token (nor
+    any kept token): the default **token-dropping path** feeds only the prefix tokens and the kept patch
+    tokens of each view to the blocks. Per-token layers (norms, qkv, MLP, projections) run on the packed
+    real tokens of all views; the attention core pads the views to the longest one with a key-padding mask.
+    ``drop_tokens=False`` runs the **plain path** instead: every view's full sequence with masked
+    attention in every block (the published computation); both agree up to float rounding.
+
+    Args:
+        model: a timm ``VisionTransformer`` (including distilled DeiT and register-token models).
+        aux_layer: index into the list of block outputs, Python-style (-3 = the 10th of 12 blocks).
+        antialias_pos_embed: antialias the bicubic position-embedding resampling (False matches the
+            published MCC code; timm's own dynamic-size models use True).
+    """
+
+    def __init__(self, model: nn.Module, aux_layer: int = -3, antialias_pos_embed: bool = False) -> None:
+        super().__init__()
+        _check_timm_vit(model)
+        depth = len(model.blocks)
+        if not -depth <= aux_layer < depth:
+            raise ValueError(f"aux_layer must index one of the {depth} blocks, got {aux_layer}")
+        self.vit = model
+        self.aux_layer = aux_layer
+        self.aux_index = aux_layer % depth
+        self.antialias_pos_embed = antialias_pos_embed
+        self.num_prefix_tokens = int(model.num_prefix_tokens)
+        self.embed_dim = int(model.embed_dim)
+        self.patch_size = tuple(int(p) for p in model.patch_embed.patch_size)
+        # A plain tuple, not a ModuleList: the sub-modules already belong to self.vit (no duplicate keys).
+        self._attentions = tuple(KeyMaskedAttention.from_timm(block.attn) for block in model.blocks)
+
+    @property
+    def depth(self) -> int:
+        return len(self.vit.blocks)
+
+    def grid_size(self, images: torch.Tensor) -> tuple[int, int]:
+        """Token grid (h, w) of ``images`` (B, 3, H, W)."""
+        return images.shape[-2] // self.patch_size[0], images.shape[-1] // self.patch_size[1]
+
+    def forward(
+        self, images: torch.Tensor, key_mask: torch.Tensor | None = None, *, drop_tokens: bool = True
+    ) -> ViTTokens:
+        """Encodes images, optionally with dropped keys.
+
+        Args:
+            images: (B, 3, H, W), H and W multiples of the patch size.
+            key_mask: dropped patch keys, bool, (B, h*w) or (B, V, h*w) for V masked views of each image;
+                True = dropped. Prefix tokens (class, distillation, registers) are never dropped.
+            drop_tokens: with a key mask, remove dropped tokens (fast, default) or mask them in every
+                block (plain reference path).
+
+        Returns:
+            :class:`ViTTokens`. With a key mask, ``cls`` is (B, D) or (B, V, D) like the mask, and
+            ``patches`` and ``aux`` are None (on both paths).
+        """
+        grid = self._check_images(images)
+        patches, prefix = self._embed(images, grid)
+        if key_mask is None:
+            return self._forward_full(patches, prefix, grid)
+        views = self._check_key_mask(key_mask, images, grid)
+        if drop_tokens:
+            cls = self._forward_dropped(patches, prefix, views)
+        else:
+            cls = self._forward_masked(patches, prefix, views)
+        return ViTTokens(cls.squeeze(1) if key_mask.dim() == 2 else cls, None, None, grid)
+
+    # -- input checks -------------------------------------------------------------------------------------
+
+    def _check_images(self, images: torch.Tensor) -> tuple[int, int]:
+        in_chans = self.vit.patch_embed.proj.in_channels
+        if not torch.is_tensor(images) or images.dim() != 4 or images.shape[1] != in_chans:
+            shape = tuple(images.shape) if torch.is_tensor(images) else type(images).__name__
+            raise ValueError(f"images must have shape (B, {in_chans}, H, W), got {shape}")
+        if not images.is_floating_point():
+            raise ValueError(f"images must be a float tensor, got {images.dtype}")
+        height, width = images.shape[-2:]
+        if height % self.patch_size[0] or width % self.patch_size[1] or height == 0 or width == 0:
+            raise ValueError(
+                f"images: size {height}x{width} is not a positive multiple of the patch size "
+                f"{self.patch_size[0]}x{self.patch_size[1]}"
+            )
+        return self.grid_size(images)
+
+    @staticmethod
+    def _check_key_mask(key_mask: torch.Tensor, images: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        num_patches = grid[0] * grid[1]
+        if not torch.is_tensor(key_mask) or key_mask.dtype != torch.bool:
+            kind = key_mask.dtype if torch.is_tensor(key_mask) else type(key_mask).__name__
+            raise ValueError(f"key_mask must be a bool tensor (True = dropped), got {kind}")
+        batch = images.shape[0]
+        if key_mask.dim() not in (2, 3) or key_mask.shape[0] != batch or key_mask.shape[-1] != num_patches:
+            raise ValueError(
+                f"key_mask must have shape (B, h*w) or (B, V, h*w) = ({batch}, [V,] {num_patches}) for a "
+                f"{grid[0]}x{grid[1]} token grid, got {tuple(key_mask.shape)}"
+            )
+        if key_mask.device != images.device:
+            raise ValueError(f"key_mask is on {key_mask.device} but images are on {images.device}")
+        return key_mask if key_mask.dim() == 3 else key_mask[:, None]
+
+    # -- embedding ----------------------------------------------------------------------------------------
+
+    def _embed(self, images: torch.Tensor, grid: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Patch tokens (B, P, D) and prefix tokens (1, n_prefix, D), position embeddings added."""
+        vit = self.vit
+        embed = vit.patch_embed
+        # The projection directly, not patch_embed(): timm's fixed-size check would reject other sizes.
+        patches = embed.proj(images).flatten(2).transpose(1, 2)
+        patches = embed.norm(patches)
+        prefix = [vit.cls_token]
+        if getattr(vit, "dist_token", None) is not None:
+            prefix.append(vit.dist_token)
+        if getattr(vit, "reg_token", None) is not None:
+            prefix.append(vit.reg_token)
+        prefix = torch.cat(prefix, dim=1)
+        if vit.pos_embed is not None:
+            pos = vit.pos_embed
+            if not vit.no_embed_class:
+                prefix = prefix + pos[:, : self.num_prefix_tokens]
+                pos = pos[:, self.num_prefix_tokens :]
+            patches = patches + self._resample_pos_embed(pos, grid)
+        return patches, prefix
+
+    def _resample_pos_embed(self, pos: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        old = tuple(int(s) for s in self.vit.patch_embed.grid_size)
+        if old == tuple(grid):
+            return pos
+        dim = pos.shape[-1]
+        # float32 at least (interpolation kernels); float64 kept for exact checks.
+        work_dtype = torch.float64 if pos.dtype == torch.float64 else torch.float32
+        pos = pos.to(work_dtype).reshape(1, old[0], old[1], dim).permute(0, 3, 1, 2)
+        pos = F.interpolate(
+            pos, size=grid, mode="bicubic", align_corners=False, antialias=self.antialias_pos_embed
+        )
+        return pos.permute(0, 2, 3, 1).reshape(1, grid[0] * grid[1], dim).to(self.vit.pos_embed.dtype)
+
+    def _start(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.vit.norm_pre(self.vit.pos_drop(tokens))
+
+    # -- the three computations -----------------------------------------------------------------------------
+
+    def _block(self, index: int, x: torch.Tensor, key_mask, packing=None) -> torch.Tensor:
+        block = self.vit.blocks[index]
+        attention = self._attentions[index].attend(block.norm1(x), key_mask, packing)
+        x = x + block.drop_path1(block.ls1(attention))
+        return x + block.drop_path2(block.ls2(block.mlp(block.norm2(x))))
+
+    def _to_map(self, tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        patches = tokens[:, self.num_prefix_tokens :]
+        return patches.transpose(1, 2).reshape(patches.shape[0], patches.shape[2], *grid)
+
+    def _forward_full(self, patches, prefix, grid) -> ViTTokens:
+        x = self._start(torch.cat([prefix.expand(patches.shape[0], -1, -1), patches], dim=1))
+        aux = None
+        for index in range(self.depth):
+            x = self._block(index, x, None)
+            if index == self.aux_index:
+                aux = self._to_map(x, grid)
+        x = self.vit.norm(x)
+        return ViTTokens(x[:, 0], self._to_map(x, grid), aux, grid)
+
+    def _forward_masked(self, patches, prefix, views) -> torch.Tensor:
+        """Plain path: each view's whole sequence, dropped keys masked in every block."""
+        batch, num_views, _ = views.shape
+        rows = batch * num_views
+        x = torch.cat([prefix.expand(batch, -1, -1), patches], dim=1)
+        x = self._start(x.repeat_interleave(num_views, dim=0))
+        keep_prefix = views.new_zeros(rows, self.num_prefix_tokens)
+        key_mask = torch.cat([keep_prefix, views.reshape(rows, -1)], dim=1)
+        for index in range(self.depth):
+            x = self._block(index, x, key_mask)
+        return self.vit.norm(x[:, 0]).reshape(batch, num_views, -1)
+
+    def _forward_dropped(self, patches, prefix, views) -> torch.Tensor:
+        """Token-dropping path: only prefix + kept tokens of each view enter the blocks."""
+        batch, num_views, num_patches = views.shape
+        rows = batch * num_views
+        n_prefix = self.num_prefix_tokens
+        flat = views.reshape(rows, num_patches)
+        kept = num_patches - flat.sum(dim=1)  # (rows,)
+        longest = int(kept.max())  # the one host sync of this path: the padded length
+        length = n_prefix + longest
+        # Kept patch indices first, in their original order (a stable sort puts False before True).
+        order = torch.sort(flat.to(torch.uint8), dim=1, stable=True).indices[:, :longest]
+        column = torch.arange(length, device=flat.device)
+        padding = column[None, :] >= (n_prefix + kept)[:, None]  # (rows, length), True = padding slot
+        # Source of every slot in a table [prefix tokens; all patch tokens of all images].
+        image = torch.arange(rows, device=flat.device) // num_views
+        source = torch.cat(
+            [column[:n_prefix].expand(rows, -1), n_prefix + image[:, None] * num_patches + order], dim=1
+        )
+        index = (~padding).flatten().nonzero().squeeze(1)  # flat slot of each packed token
+        table = torch.cat([prefix[0], patches.reshape(batch * num_patches, -1)], dim=0)
+        x = self._start(table.index_select(0, source.flatten().index_select(0, index)))
+        packing = (index, rows, length)
+        for block_index in range(self.depth):
+            x = self._block(block_index, x, padding, packing)
+        # Each view's class token is its first packed token.
+        starts = torch.cumsum(n_prefix + kept, dim=0) - (n_prefix + kept)
+        cls = self.vit.norm(x.index_select(0, starts))
+        return cls.reshape(batch, num_views, -1)
+
+
+def _check_timm_vit(model: nn.Module) -> None:
+    needed = ("patch_embed", "blocks", "norm", "cls_token", "pos_embed", "num_prefix_tokens", "norm_pre")
+    missing = [name for name in needed if not hasattr(model, name)]
+    if missing:
+        raise TypeError(f"model ({type(model).__name__}) is not a timm VisionTransformer: no {missing}")
+    if model.cls_token is None:
+        raise ValueError("model has no class token (class_token=False): MCC contrasts class tokens")
+    if not hasattr(model.patch_embed, "proj") or not hasattr(model.patch_embed, "grid_size"):
+        raise TypeError("model.patch_embed is not a timm PatchEmbed (no proj / grid_size)")
+    if not isinstance(getattr(model, "patch_drop", nn.Identity()), nn.Identity):
+        raise ValueError("model uses patch dropout (patch_drop_rate > 0), which would fight the key masks")
+    for index, block in enumerate(model.blocks):
+        missing = [name for name in _BLOCK_PARTS if not hasattr(block, name)]
+        if missing:
+            raise TypeError(f"model.blocks[{index}] ({type(block).__name__}) is not a timm Block: no {missing}")
+
+
+def patch_vit(model: nn.Module, aux_layer: int = -3, antialias_pos_embed: bool = False) -> KeyMaskedViT:
+    """Wraps a timm ``VisionTransformer`` so that it accepts per-view key masks.
+
+    Args:
+        model: a timm ``VisionTransformer`` (any size; class token required; register and distillation
+            tokens supported; fixed-size or ``dynamic_img_size`` models; ``no_embed_class`` models).
+        aux_layer: block whose output is returned as ``aux`` (Python list index; -3 = 10th of 12).
+        antialias_pos_embed: antialias the bicubic position-embedding resampling (False = published MCC).
+
+    Returns:
+        a :class:`KeyMaskedViT` sharing ``model``'s parameters (state-dict keys: timm's under ``vit.``).
+
+    Example:
+        >>> import timm
+        >>> vit = patch_vit(timm.create_model("test_vit", pretrained=False))
+        >>> tokens = vit(torch.randn(1, 3, 160, 160), key_mask=torch.rand(1, 8, 100) < 0.75)
+        >>> tokens.cls.shape
+        torch.Size([1, 8, 64])
+    """
+    return KeyMaskedViT(model, aux_layer=aux_layer, antialias_pos_embed=antialias_pos_embed)
