@@ -69,9 +69,9 @@ class ScaledBernoulliKeyMask:
         h, w = int(grid[0]), int(grid[1])
         cells = (math.ceil(h / self.scale), math.ceil(w / self.scale))
         draw_device = generator.device if generator is not None else (device or "cpu")
-        coarse = torch.rand(
-            (batch_size, num_views, *cells), generator=generator, device=draw_device
-        ).lt(self.ratio)
+        coarse = torch.rand((batch_size, num_views, *cells), generator=generator, device=draw_device).lt(
+            self.ratio
+        )
         fine = coarse.repeat_interleave(self.scale, dim=2).repeat_interleave(self.scale, dim=3)
         mask = fine[:, :, :h, :w].reshape(batch_size, num_views, h * w)
         return mask.to(device) if device is not None else mask

@@ -105,7 +105,9 @@ class KeyMaskedAttention(nn.Module):
             if key_mask.dtype != torch.bool:
                 raise ValueError(f"key_mask must be a bool tensor (True = dropped), got {key_mask.dtype}")
             if key_mask.shape != x.shape[:2]:
-                raise ValueError(f"key_mask must have shape {tuple(x.shape[:2])} (B, N), got {tuple(key_mask.shape)}")
+                raise ValueError(
+                    f"key_mask must have shape {tuple(x.shape[:2])} (B, N), got {tuple(key_mask.shape)}"
+                )
             if bool(key_mask.all(dim=1).any()):
                 raise ValueError("key_mask drops every key of some sample: its softmax would be empty")
         return self.attend(x, key_mask)
@@ -137,7 +139,7 @@ class KeyMaskedAttention(nn.Module):
         qkv = qkv.reshape(batch, tokens, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
         q, k = self.q_norm(q), self.k_norm(k)
-        # SDPA's boolean mask means "may attend": the complement of the key mask, broadcast over heads/queries.
+        # SDPA's boolean mask means "may attend": the key mask's complement, broadcast over heads and queries.
         allowed = None if key_mask is None else ~key_mask[:, None, None, :]
         dropout_p = self.attn_drop.p if self.attn_drop.training else 0.0
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=dropout_p)

@@ -256,7 +256,8 @@ def _check_timm_vit(model: nn.Module) -> None:
     for index, block in enumerate(model.blocks):
         missing = [name for name in _BLOCK_PARTS if not hasattr(block, name)]
         if missing:
-            raise TypeError(f"model.blocks[{index}] ({type(block).__name__}) is not a timm Block: no {missing}")
+            kind = type(block).__name__
+            raise TypeError(f"model.blocks[{index}] ({kind}) is not a timm Block: no {missing}")
 
 
 def patch_vit(model: nn.Module, aux_layer: int = -3, antialias_pos_embed: bool = False) -> KeyMaskedViT:

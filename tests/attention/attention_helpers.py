@@ -63,7 +63,7 @@ def mixed_ratio_mask(batch: int, grid: tuple[int, int], generator: torch.Generat
     from mcc.attention import ScaledBernoulliKeyMask
 
     views = [
-        ScaledBernoulliKeyMask(ratio, scale=4)(batch, grid, 1, generator=generator) for ratio in (0.0, 0.5, 0.95)
+        ScaledBernoulliKeyMask(r, scale=4)(batch, grid, 1, generator=generator) for r in (0.0, 0.5, 0.95)
     ]
     views.append(torch.ones(batch, 1, grid[0] * grid[1], dtype=torch.bool))
     return torch.cat(views, dim=1)

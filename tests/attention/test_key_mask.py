@@ -60,7 +60,8 @@ def test_cuda_device_and_generator():
     generator = torch.Generator(device="cuda").manual_seed(0)
     a = ScaledBernoulliKeyMask(0.5)(2, (28, 28), 8, generator=generator)
     assert a.device.type == "cuda"
-    cpu = ScaledBernoulliKeyMask(0.5)(2, (28, 28), 8, generator=torch.Generator().manual_seed(0), device="cuda")
+    seeded = torch.Generator().manual_seed(0)
+    cpu = ScaledBernoulliKeyMask(0.5)(2, (28, 28), 8, generator=seeded, device="cuda")
     assert cpu.device.type == "cuda"
 
 

@@ -88,7 +88,8 @@ def test_no_mask_equals_timm(name):
     prefix = model.num_prefix_tokens
     assert tokens.grid == (14, 14)
     torch.testing.assert_close(tokens.cls, reference[:, 0], rtol=0, atol=0)
-    torch.testing.assert_close(tokens.patches.flatten(2).transpose(1, 2), reference[:, prefix:], rtol=0, atol=0)
+    patches = tokens.patches.flatten(2).transpose(1, 2)
+    torch.testing.assert_close(patches, reference[:, prefix:], rtol=0, atol=0)
     aux_index = len(model.blocks) - 2
     (aux,) = model.forward_intermediates(
         images, indices=[aux_index], norm=False, output_fmt="NCHW", intermediates_only=True
@@ -111,7 +112,8 @@ def test_fixed_size_model_runs_any_multiple_like_timm_dynamic(size):
     tokens = patch_vit(fixed, antialias_pos_embed=True)(images)
     reference = dynamic.forward_features(images)
     torch.testing.assert_close(tokens.cls, reference[:, 0], rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(tokens.patches.flatten(2).transpose(1, 2), reference[:, 1:], rtol=1e-5, atol=1e-5)
+    patches = tokens.patches.flatten(2).transpose(1, 2)
+    torch.testing.assert_close(patches, reference[:, 1:], rtol=1e-5, atol=1e-5)
     assert tokens.patches.shape == (1, 192, size[0] // 16, size[1] // 16)
 
 
