@@ -17,7 +17,8 @@ and checked on a CPU in minutes, on data whose ground truth is exact. What varie
   ====== ============================ =================== =======================================
 
   Hue varies by +-0.05 turns, saturation 0.45-0.9, brightness 0.45-0.95, size (radius 12-28 % of the
-  side), rotation and position, so colour alone is a strong but imperfect cue.
+  side), rotation and position. Disc (red) and ring (orange) share warm hues and are told apart by shape
+  and texture, so colour alone is a strong but imperfect cue.
 * **Several objects per image** (1-4, classes drawn with repetition, painted in order): partial overlaps
   are allowed, but a placement is redrawn when it would hide more than half of an earlier object or leave
   the new one too small; objects may be cut by the image border. Multi-label images are what make CAMs
