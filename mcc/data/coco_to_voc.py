@@ -34,6 +34,7 @@ import io
 import os
 import shutil
 import sys
+import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from importlib import resources
 from pathlib import Path
@@ -78,13 +79,17 @@ def coco_instance_mask(coco, image_info: dict, class_of_category: dict[int, int]
     """
     mask = np.zeros((image_info["height"], image_info["width"]), dtype=np.uint8)
     annotations = coco.loadAnns(coco.getAnnIds(imgIds=image_info["id"], iscrowd=None))
-    for annotation in annotations:
-        if annotation.get("iscrowd", 0):
-            mask[coco.annToMask(annotation) > 0] = IGNORE_INDEX
-    for annotation in sorted(
+    instances = sorted(
         (a for a in annotations if not a.get("iscrowd", 0)), key=lambda a: a["area"], reverse=True
-    ):
-        mask[coco.annToMask(annotation) > 0] = class_of_category[annotation["category_id"]]
+    )
+    with warnings.catch_warnings():
+        # pycocotools' decoder trips NumPy 2's __array__(copy=...) deprecation on every call
+        warnings.simplefilter("ignore", DeprecationWarning)
+        for annotation in annotations:
+            if annotation.get("iscrowd", 0):
+                mask[coco.annToMask(annotation) > 0] = IGNORE_INDEX
+        for annotation in instances:
+            mask[coco.annToMask(annotation) > 0] = class_of_category[annotation["category_id"]]
     return mask
 
 
