@@ -1,9 +1,9 @@
 """mcc.data: VOC-layout datasets (VOC, COCO converted, synthetic) and the MCC training views."""
 
-from mcc.data.coco_to_voc import coco_to_voc
+from mcc.data.coco import coco_to_voc
 from mcc.data.datasets import VOCSegmentation, VOCTrainViews, seed_worker
 from mcc.data.layout import IGNORE_INDEX, VOC_CLASSES, read_class_names, read_split, voc_palette
-from mcc.data.synthetic import SYNTHETIC_CLASSES, make_synthetic_voc
+from mcc.data.synthetic_voc import SYNTHETIC_CLASSES, make_synthetic_voc
 from mcc.data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,

@@ -8,7 +8,8 @@ import torch
 from PIL import Image
 
 from mcc.data import SYNTHETIC_CLASSES, VOCSegmentation, VOCTrainViews, make_synthetic_voc
-from mcc.data.synthetic import _HUES, main, render_synthetic_sample
+from mcc.data.synthetic import main
+from mcc.data.synthetic_voc import _HUES, render_synthetic_sample
 
 
 def _files(root):
