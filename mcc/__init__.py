@@ -1,4 +1,46 @@
-"""mcc: Masked Collaborative Contrast for weakly supervised semantic segmentation."""
+"""mcc: Masked Collaborative Contrast for weakly supervised semantic segmentation with any timm ViT.
+
+The public API (see ``docs/``): key-masked attention for timm ViTs, CAMs and pseudo labels, their
+refinement, the MCC losses, and the network and training step assembled from them.
+"""
+
+from mcc.attention import KeyMaskedAttention, KeyMaskedViT, ScaledBernoulliKeyMask, ViTTokens, patch_vit
+from mcc.cam import cam_to_label, multi_scale_cam
+from mcc.losses import (
+    MomentumProjector,
+    affinity_labels,
+    affinity_loss,
+    mcc_infonce,
+    positive_views,
+    segmentation_loss,
+)
+from mcc.network import LargeFOV, MCCConfig, MCCLosses, MCCNet, MCCTrainingStep
+from mcc.refine import PAR, DenseCRF, refine_cams_with_background
+from mcc.schedule import poly_warmup_lr
 
 __version__ = "0.1.0"
-__all__: list[str] = []
+
+__all__ = [
+    "PAR",
+    "DenseCRF",
+    "KeyMaskedAttention",
+    "KeyMaskedViT",
+    "LargeFOV",
+    "MCCConfig",
+    "MCCLosses",
+    "MCCNet",
+    "MCCTrainingStep",
+    "MomentumProjector",
+    "ScaledBernoulliKeyMask",
+    "ViTTokens",
+    "affinity_labels",
+    "affinity_loss",
+    "cam_to_label",
+    "mcc_infonce",
+    "multi_scale_cam",
+    "patch_vit",
+    "poly_warmup_lr",
+    "positive_views",
+    "refine_cams_with_background",
+    "segmentation_loss",
+]

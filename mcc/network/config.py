@@ -1,0 +1,134 @@
+"""Every hyper-parameter of an MCC training step, with its source."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Literal
+
+__all__ = ["MCCConfig"]
+
+
+@dataclass(frozen=True)
+class MCCConfig:
+    """Hyper-parameters of the MCC objective and its training schedule.
+
+    Two presets: :meth:`released` reproduces the authors' published code (the numbers of METHOD.md
+    section 5), :meth:`paper` follows the paper's text where it differs. Sources: "paper" = the MCC paper
+    (Sec. IV-A unless noted), "code" = the published MCC/ToCo code, as recorded in METHOD.md.
+
+    Attributes:
+        aux_layer: block whose tokens feed the auxiliary classifier, Python index (-3 = 10th of 12;
+            paper, after ToCo).
+        cam_scales: scales of the multi-scale CAM that makes the labels (code: 1.0, 0.5, 1.5).
+        low_thre: beta_bg, background threshold of the three-way labels and positiveness (paper: 0.25).
+        high_thre: beta_fg, foreground threshold (paper: 0.7).
+        ignore_index: label of uncertain / unsupervised pixels (code: 255).
+        mask_ratio: probability that a key cell is dropped (paper: 0.75; code run: 0.95).
+        mask_scale: side of a key-mask cell in tokens (paper: 4).
+        num_views: masked local views per image (code: 8).
+        mu: positiveness threshold of Eq. 8 (paper: 0.2).
+        positive_cam: CAM that judges positiveness, "aux" (paper, Eq. 9) or "final".
+        final_cam_positives_from: step from which the final CAM judges positiveness whatever
+            ``positive_cam`` says (code, VOC: 12000; COCO and paper: never, None).
+        temperature: InfoNCE temperature tau (paper: 0.5).
+        infonce_eps: constant in the InfoNCE denominators (code: 1e-4).
+        infonce_variant: "reference" (the published code's formula) or "paper" (Eq. 10).
+        momentum: EMA momentum of the teacher projector (paper: 0.9).
+        projector_dim: projector output size (code: 1024).
+        projector_hidden_dim: projector MLP width (code: 2048).
+        projector_bottleneck_dim: projector bottleneck before the weight-normalised layer (code: 256).
+        affinity_absolute: use |cos| in the affinity loss (code) or plain cos (paper Eq. 12).
+        w_cls: weight of the classification loss (paper Eq. 7: 1).
+        w_cls_aux: weight of the auxiliary classification loss (paper Eq. 7: 1).
+        w_affinity: lambda_a (paper: 0.2).
+        w_mcc: lambda_m (paper: 0.5).
+        w_seg: weight of the segmentation loss once active (code: 0.1; paper Eq. 7: 1).
+        seg_start_step: the segmentation loss counts from this step on (code: VOC 2000, COCO 8000).
+        par_dilations: PAR neighbourhood dilations (code: 1, 2, 4, 8, 12, 24).
+        par_iters: PAR iterations (code: 10).
+        par_down_scale: PAR runs at 1/down_scale of the crop (code: 2).
+        freeze_pos_embed: no gradient for the position embedding (code: frozen).
+        head_lr_scale: learning-rate multiple of classifiers, projector and decoder (code: 10).
+        decoder_dim: LargeFOV width (code: 512).
+        decoder_dilation: LargeFOV dilation (code: 5).
+    """
+
+    aux_layer: int = -3
+    cam_scales: tuple[float, ...] = (1.0, 0.5, 1.5)
+    low_thre: float = 0.25
+    high_thre: float = 0.7
+    ignore_index: int = 255
+    mask_ratio: float = 0.95
+    mask_scale: int = 4
+    num_views: int = 8
+    mu: float = 0.2
+    positive_cam: Literal["aux", "final"] = "aux"
+    final_cam_positives_from: int | None = 12000
+    temperature: float = 0.5
+    infonce_eps: float = 1e-4
+    infonce_variant: Literal["reference", "paper"] = "reference"
+    momentum: float = 0.9
+    projector_dim: int = 1024
+    projector_hidden_dim: int = 2048
+    projector_bottleneck_dim: int = 256
+    affinity_absolute: bool = True
+    w_cls: float = 1.0
+    w_cls_aux: float = 1.0
+    w_affinity: float = 0.2
+    w_mcc: float = 0.5
+    w_seg: float = 0.1
+    seg_start_step: int = 2000
+    par_dilations: tuple[int, ...] = (1, 2, 4, 8, 12, 24)
+    par_iters: int = 10
+    par_down_scale: int = 2
+    freeze_pos_embed: bool = True
+    head_lr_scale: float = 10.0
+    decoder_dim: int = 512
+    decoder_dilation: int = 5
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.mask_ratio < 1.0:
+            raise ValueError(f"mask_ratio must be in [0, 1), got {self.mask_ratio}")
+        if not 0.0 <= self.low_thre < self.high_thre <= 1.0:
+            raise ValueError(f"need 0 <= low_thre < high_thre <= 1, got {self.low_thre}, {self.high_thre}")
+        if self.positive_cam not in ("aux", "final"):
+            raise ValueError(f"positive_cam must be 'aux' or 'final', got {self.positive_cam!r}")
+        if self.infonce_variant not in ("reference", "paper"):
+            raise ValueError(f"infonce_variant must be 'reference' or 'paper', got {self.infonce_variant!r}")
+        if self.num_views < 1 or self.mask_scale < 1:
+            raise ValueError("num_views and mask_scale must be >= 1")
+        if not 0.0 <= self.momentum <= 1.0:
+            raise ValueError(f"momentum must be in [0, 1], got {self.momentum}")
+
+    @classmethod
+    def released(cls, dataset: Literal["voc", "coco"] = "voc", **overrides) -> MCCConfig:
+        """The published code's settings: ratio 0.95, reference InfoNCE, final-CAM positives on VOC."""
+        if dataset not in ("voc", "coco"):
+            raise ValueError(f"dataset must be 'voc' or 'coco', got {dataset!r}")
+        base = cls() if dataset == "voc" else cls(seg_start_step=8000, final_cam_positives_from=None)
+        return dataclasses.replace(base, **overrides)
+
+    @classmethod
+    def paper(cls, dataset: Literal["voc", "coco"] = "voc", **overrides) -> MCCConfig:
+        """The paper's text: ratio 0.75, aux-CAM positives, InfoNCE of Eq. 10, plain cosine, w_seg 1."""
+        base = cls.released(dataset)
+        paper = dataclasses.replace(
+            base,
+            mask_ratio=0.75,
+            positive_cam="aux",
+            final_cam_positives_from=None,
+            infonce_variant="paper",
+            affinity_absolute=False,
+            w_seg=1.0,
+        )
+        return dataclasses.replace(paper, **overrides)
+
+    def positives_from_final_cam(self, step: int) -> bool:
+        """Whether the final CAM (rather than the aux CAM) judges positiveness at ``step``."""
+        switch = self.final_cam_positives_from
+        return self.positive_cam == "final" or (switch is not None and step >= switch)
+
+    def seg_weight(self, step: int) -> float:
+        """Weight of the segmentation loss at ``step`` (0 before ``seg_start_step``)."""
+        return self.w_seg if step >= self.seg_start_step else 0.0

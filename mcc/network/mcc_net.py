@@ -1,0 +1,367 @@
+"""The single-stage MCC network (ToCo-style) and its training step (METHOD.md sections 1-3)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mcc.attention import KeyMaskedViT, ScaledBernoulliKeyMask, patch_vit
+from mcc.cam import cam_to_label, multi_scale_cam
+from mcc.losses import (
+    MomentumProjector,
+    affinity_labels,
+    affinity_loss,
+    mcc_infonce,
+    positive_views,
+    segmentation_loss,
+)
+from mcc.network.config import MCCConfig
+from mcc.network.decoder import LargeFOV
+from mcc.refine import PAR, refine_cams_with_background
+
+__all__ = ["MCCLosses", "MCCNet", "MCCTrainingStep"]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class MCCLosses(NamedTuple):
+    """The loss terms of one training step (each a scalar tensor) and their weighted sum.
+
+    Attributes:
+        total: ``w_cls cls + w_cls_aux cls_aux + w_affinity affinity + w_mcc mcc + w_seg(step) seg``.
+        cls: multilabel soft-margin loss of the final classifier (Eq. 6).
+        cls_aux: the same for the auxiliary classifier.
+        affinity: token affinity loss (Eq. 12).
+        mcc: masked collaborative contrast (Eq. 10).
+        seg: segmentation loss against the PAR-refined pseudo label (counted from ``seg_start_step``).
+        positive_rate: fraction of local views judged positive (a statistic, no gradient).
+    """
+
+    total: torch.Tensor
+    cls: torch.Tensor
+    cls_aux: torch.Tensor
+    affinity: torch.Tensor
+    mcc: torch.Tensor
+    seg: torch.Tensor
+    positive_rate: torch.Tensor
+
+    def as_dict(self) -> dict[str, float]:
+        """Plain floats for logging (one host sync per term)."""
+        return {name: float(value.detach()) for name, value in self._asdict().items()}
+
+
+class MCCNet(nn.Module):
+    """Encoder, classifiers, LargeFOV decoder and momentum projector of MCC.
+
+    * encoder: a :class:`~mcc.attention.KeyMaskedViT` around any timm ViT (``net.encoder.vit``);
+    * ``classifier`` / ``aux_classifier``: global max pooling + 1x1 conv without bias over the final
+      (normed) / ``aux_layer`` (un-normed) patch tokens; their weights applied to the token maps are the CAMs;
+    * ``decoder``: LargeFOV on the final patch tokens, ``num_classes + 1`` outputs (background first);
+    * ``projector``: :class:`~mcc.losses.MomentumProjector` on class tokens.
+
+    Args:
+        vit: a timm ``VisionTransformer`` (e.g. ``timm.create_model("deit_base_patch16_224",
+            pretrained=True)``).
+        num_classes: foreground classes C (VOC 20, COCO 80).
+        config: training hyper-parameters (default :meth:`MCCConfig.released`).
+        pixel_mean: per-channel mean the input images were normalised with (to give PAR RGB in [0, 1]).
+        pixel_std: per-channel std the input images were normalised with.
+
+    Example:
+        >>> import timm
+        >>> net = MCCNet(timm.create_model("test_vit", pretrained=False), num_classes=20)
+        >>> net(torch.randn(1, 3, 160, 160)).shape    # segmentation logits at token resolution
+        torch.Size([1, 21, 10, 10])
+    """
+
+    def __init__(
+        self,
+        vit: nn.Module,
+        num_classes: int,
+        config: MCCConfig | None = None,
+        pixel_mean: Sequence[float] = IMAGENET_MEAN,
+        pixel_std: Sequence[float] = IMAGENET_STD,
+    ) -> None:
+        super().__init__()
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        self.config = config or MCCConfig.released()
+        self.num_classes = num_classes
+        cfg = self.config
+        if hasattr(vit, "reset_classifier"):
+            vit.reset_classifier(0)  # timm's own head is unused here (and would stall DDP)
+        self.encoder: KeyMaskedViT = patch_vit(vit, aux_layer=cfg.aux_layer)
+        dim = self.encoder.embed_dim
+        self.classifier = nn.Conv2d(dim, num_classes, 1, bias=False)
+        self.aux_classifier = nn.Conv2d(dim, num_classes, 1, bias=False)
+        self.decoder = LargeFOV(dim, num_classes + 1, cfg.decoder_dim, cfg.decoder_dilation)
+        self.projector = MomentumProjector(
+            dim,
+            out_dim=cfg.projector_dim,
+            hidden_dim=cfg.projector_hidden_dim,
+            bottleneck_dim=cfg.projector_bottleneck_dim,
+            momentum=cfg.momentum,
+        )
+        self.par = PAR(dilations=cfg.par_dilations, num_iter=cfg.par_iters)
+        self.mask_sampler = ScaledBernoulliKeyMask(cfg.mask_ratio, cfg.mask_scale)
+        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(1, 3, 1, 1), persistent=False)
+        if cfg.freeze_pos_embed and getattr(vit, "pos_embed", None) is not None:
+            vit.pos_embed.requires_grad_(False)
+
+    # -- optimiser ------------------------------------------------------------------------------------------
+
+    def param_groups(self, weight_decay: float = 0.01) -> list[dict]:
+        """Optimiser parameter groups: the encoder at 1x, heads/projector/decoder at ``head_lr_scale``.
+
+        Each group carries an ``lr_scale`` entry; set ``group["lr"] = lr * group["lr_scale"]`` every step
+        (e.g. with :func:`~mcc.poly_warmup_lr`). Frozen parameters (the position embedding by default, the
+        teacher projector) are left out.
+        """
+        encoder = [p for p in self.encoder.parameters() if p.requires_grad]
+        heads = [*self.classifier.parameters(), *self.aux_classifier.parameters(), *self.decoder.parameters()]
+        heads += [p for p in self.projector.student_parameters() if p.requires_grad]
+        return [
+            {"params": encoder, "lr_scale": 1.0, "weight_decay": weight_decay},
+            {"params": heads, "lr_scale": self.config.head_lr_scale, "weight_decay": weight_decay},
+        ]
+
+    # -- inference ------------------------------------------------------------------------------------------
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Segmentation logits (B, C+1, h, w) at token resolution for images (B, 3, H, W)."""
+        return self.decoder(self.encoder(images).patches)
+
+    def cams(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Raw CAMs of the final and auxiliary classifiers, each (B, C, h, w) at token resolution.
+
+        This is the ``cam_fn`` of :func:`~mcc.multi_scale_cam`.
+        """
+        tokens = self.encoder(images)
+        return self._cam(tokens.patches, self.classifier), self._cam(tokens.aux, self.aux_classifier)
+
+    @torch.no_grad()
+    def multi_scale_cams(
+        self, images: torch.Tensor, scales: Sequence[float] | None = None, flip: bool = True
+    ):
+        """Multi-scale + flip CAMs ``(cam, cam_aux)``, each (B, C, H, W) in [0, 1] (METHOD.md step 2)."""
+        return multi_scale_cam(self.cams, images, scales or self.config.cam_scales, flip)
+
+    @torch.no_grad()
+    def segment(
+        self, images: torch.Tensor, scales: Sequence[float] = (1.0,), flip: bool = False
+    ) -> torch.Tensor:
+        """Segmentation logits (B, C+1, H, W) at the input size, multi-scale and flip (METHOD.md section 4).
+
+        Each scale resizes the images to the nearest multiple of the patch size; logits are upsampled to
+        (H, W), summed over the flips and maximised over the scales (VOC evaluation: 1.0, 1.25, 1.5 + flip).
+        """
+        height, width = images.shape[-2:]
+        patch = self.encoder.patch_size
+        result = None
+        for scale in scales:
+            size = (
+                max(patch[0], round(scale * height / patch[0]) * patch[0]),
+                max(patch[1], round(scale * width / patch[1]) * patch[1]),
+            )
+            scaled = F.interpolate(images, size=size, mode="bilinear", align_corners=False)
+            batch = torch.cat([scaled, scaled.flip(-1)]) if flip else scaled
+            logits = F.interpolate(self(batch), size=(height, width), mode="bilinear", align_corners=False)
+            if flip:
+                logits = logits[: len(images)] + logits[len(images) :].flip(-1)
+            result = logits if result is None else torch.maximum(result, logits)
+        return result
+
+    # -- training -------------------------------------------------------------------------------------------
+
+    def training_losses(
+        self,
+        x: torch.Tensor,
+        v1: torch.Tensor,
+        v2: torch.Tensor,
+        cls_label: torch.Tensor,
+        img_box: torch.Tensor | None,
+        step: int,
+        *,
+        key_mask: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        fast: bool = True,
+    ) -> MCCLosses:
+        """Computes one training step's losses (METHOD.md section 2); call ``.total.backward()`` after.
+
+        Updates the teacher projector once (EMA, before use), as the published code does at every step.
+
+        Args:
+            x: main crops, (B, 3, H, W), normalised with ``pixel_mean``/``pixel_std``.
+            v1: second global views, (B, 3, H1, W1).
+            v2: local views geometrically aligned with ``x`` (same crop and flip), (B, 3, H, W).
+            cls_label: multi-hot image labels, (B, C).
+            img_box: valid region of each crop, (B, 4) rows ``(y0, y1, x0, x1)`` in pixels, end exclusive;
+                outside it nothing is supervised. None = whole crop.
+            step: optimiser steps already taken (drives the schedule switches of the config).
+            key_mask: dropped keys of the V local views, bool (B, V, h*w); drawn with the config's
+                :class:`~mcc.attention.ScaledBernoulliKeyMask` and ``generator`` when None.
+            generator: random source of the key masks.
+            fast: use the exact shortcuts of METHOD.md section 3 (teacher tokens = detached student global
+                tokens, first global view = the main forward, token dropping for the masked views).
+                ``fast=False`` runs every pass separately, as published; both give the same losses and
+                gradients up to float rounding.
+
+        Returns:
+            :class:`MCCLosses`.
+        """
+        cfg = self.config
+        self._check_batch(x, v1, v2, cls_label, img_box)
+        batch = x.shape[0]
+        grid = self.encoder.grid_size(x)
+
+        # 1. CAMs of x for every label (no gradient).
+        cam, cam_aux = self.multi_scale_cams(x)
+
+        # 2. Key masks and positiveness of the local views (Eq. 8-9) on the CAM at token resolution.
+        if key_mask is None:
+            key_mask = self.mask_sampler(batch, grid, cfg.num_views, generator=generator, device=x.device)
+        positive_cam = cam if cfg.positives_from_final_cam(step) else cam_aux
+        positive_cam = F.interpolate(positive_cam, size=grid, mode="bicubic", align_corners=False)
+        local_positive = positive_views(
+            positive_cam, cls_label, key_mask, cfg.low_thre, cfg.high_thre, cfg.mu
+        )
+
+        # 3. Forward passes with gradient.
+        main, student_global, teacher_global, local = self._encode(x, v1, v2, key_mask, fast)
+
+        # 4. Classification (Eq. 6), main and auxiliary.
+        logits = self.classifier(F.adaptive_max_pool2d(main.patches, 1)).flatten(1)
+        logits_aux = self.aux_classifier(F.adaptive_max_pool2d(main.aux, 1)).flatten(1)
+        loss_cls = F.multilabel_soft_margin_loss(logits, cls_label)
+        loss_cls_aux = F.multilabel_soft_margin_loss(logits_aux, cls_label)
+
+        # 5. Masked collaborative contrast (Eq. 10): teacher on global views, student on global + local.
+        self.projector.update_teacher()
+        teacher = self.projector.forward_teacher(teacher_global)
+        student = self.projector(torch.cat([student_global, local], dim=1))
+        positive = torch.cat([local_positive.new_ones(batch, student_global.shape[1]), local_positive], dim=1)
+        loss_mcc = mcc_infonce(
+            teacher, student, positive, cfg.temperature, cfg.infonce_eps, cfg.infonce_variant
+        )
+
+        # 6. Token affinity (Eq. 11-12) from the aux CAM, box in token units.
+        aux_tokens = F.interpolate(cam_aux, size=grid, mode="bilinear", align_corners=False)
+        token_box = None if img_box is None else self._box_to_tokens(img_box)
+        token_label = cam_to_label(
+            aux_tokens,
+            cls_label,
+            low_thre=cfg.low_thre,
+            high_thre=cfg.high_thre,
+            img_box=token_box,
+            ignore_index=cfg.ignore_index,
+        )
+        loss_affinity = affinity_loss(
+            main.patches, affinity_labels(token_label, cfg.ignore_index), absolute=cfg.affinity_absolute
+        )
+
+        # 7. Segmentation against the PAR-refined pseudo label.
+        with torch.no_grad():
+            rgb = (x * self.pixel_std + self.pixel_mean).clamp(0, 1)
+            pseudo = refine_cams_with_background(
+                self.par,
+                rgb,
+                cam,
+                cls_label,
+                high_thre=cfg.high_thre,
+                low_thre=cfg.low_thre,
+                img_box=img_box,
+                ignore_index=cfg.ignore_index,
+                down_scale=cfg.par_down_scale,
+            )
+        seg_logits = F.interpolate(
+            self.decoder(main.patches), size=x.shape[-2:], mode="bilinear", align_corners=False
+        )
+        loss_seg = segmentation_loss(seg_logits, pseudo, cfg.ignore_index)
+
+        total = (
+            cfg.w_cls * loss_cls
+            + cfg.w_cls_aux * loss_cls_aux
+            + cfg.w_affinity * loss_affinity
+            + cfg.w_mcc * loss_mcc
+            + cfg.seg_weight(step) * loss_seg
+        )
+        return MCCLosses(
+            total, loss_cls, loss_cls_aux, loss_affinity, loss_mcc, loss_seg, local_positive.float().mean()
+        )
+
+    def _encode(self, x, v1, v2, key_mask, fast: bool):
+        """Main tokens of x, student / teacher global class tokens (B, 2, D), local class tokens (B, V, D)."""
+        if fast:
+            if v1.shape == x.shape:
+                both = self.encoder(torch.cat([x, v1]))
+                batch = x.shape[0]
+                main = both._replace(cls=both.cls[:batch], patches=both.patches[:batch], aux=both.aux[:batch])
+                cls_v1 = both.cls[batch:]
+            else:
+                main = self.encoder(x)
+                cls_v1 = self.encoder(v1).cls
+            student_global = torch.stack([main.cls, cls_v1], dim=1)
+            teacher_global = student_global.detach()
+            local = self.encoder(v2, key_mask).cls
+        else:
+            main = self.encoder(x)
+            student_global = torch.stack([self.encoder(x).cls, self.encoder(v1).cls], dim=1)
+            with torch.no_grad():
+                teacher_global = torch.stack([self.encoder(x).cls, self.encoder(v1).cls], dim=1)
+            local = self.encoder(v2, key_mask, drop_tokens=False).cls
+        return main, student_global, teacher_global, local
+
+    def _box_to_tokens(self, img_box: torch.Tensor) -> torch.Tensor:
+        # Tokens wholly inside the pixel box: starts round up, ends round down (end exclusive).
+        patch_h, patch_w = self.encoder.patch_size
+        y0, y1, x0, x1 = img_box.unbind(-1)
+        return torch.stack(
+            [-(-y0 // patch_h), y1 // patch_h, -(-x0 // patch_w), x1 // patch_w], dim=-1
+        ).long()
+
+    @staticmethod
+    def _cam(tokens: torch.Tensor, classifier: nn.Conv2d) -> torch.Tensor:
+        return F.conv2d(tokens, classifier.weight)
+
+    def _check_batch(self, x, v1, v2, cls_label, img_box) -> None:
+        for name, view in (("x", x), ("v1", v1), ("v2", v2)):
+            if not torch.is_tensor(view) or view.dim() != 4 or view.shape[1] != 3:
+                raise ValueError(
+                    f"{name} must have shape (B, 3, H, W), got {tuple(getattr(view, 'shape', ()))}"
+                )
+            if view.shape[0] != x.shape[0]:
+                raise ValueError(f"{name} has batch {view.shape[0]}, x has {x.shape[0]}")
+        if v2.shape != x.shape:
+            raise ValueError(
+                f"v2 must be aligned with x (same shape {tuple(x.shape)}), got {tuple(v2.shape)}"
+            )
+        if cls_label.shape != (x.shape[0], self.num_classes):
+            raise ValueError(
+                f"cls_label must have shape (B, C) = ({x.shape[0]}, {self.num_classes}), "
+                f"got {tuple(cls_label.shape)}"
+            )
+        if img_box is not None and img_box.shape != (x.shape[0], 4):
+            raise ValueError(
+                f"img_box must have shape (B, 4) = ({x.shape[0]}, 4), got {tuple(img_box.shape)}"
+            )
+
+
+class MCCTrainingStep(nn.Module):
+    """An :class:`MCCNet` whose ``forward`` is :meth:`MCCNet.training_losses`.
+
+    DistributedDataParallel synchronises gradients of what runs through ``forward``; wrap this module
+    (``DDP(MCCTrainingStep(net))``) rather than the net when the training step should run under DDP.
+    """
+
+    def __init__(self, net: MCCNet) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, *args, **kwargs) -> MCCLosses:
+        return self.net.training_losses(*args, **kwargs)

@@ -1,0 +1,229 @@
+"""MCCNet: the fast training step equals the published (plain) computation; config, groups, inference."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from timm.models.vision_transformer import VisionTransformer
+
+from mcc.network import MCCConfig, MCCNet, MCCTrainingStep
+
+SMALL = dict(
+    projector_dim=32,
+    projector_hidden_dim=64,
+    projector_bottleneck_dim=16,
+    decoder_dim=32,
+    num_views=6,
+    mask_ratio=0.5,
+    mask_scale=2,
+)
+NUM_CLASSES = 5
+
+
+def small_net(config: MCCConfig | None = None, size: int = 128, dtype=torch.float32) -> MCCNet:
+    torch.manual_seed(0)
+    vit = VisionTransformer(img_size=size, patch_size=16, embed_dim=64, depth=3, num_heads=4)
+    return MCCNet(vit, NUM_CLASSES, config or MCCConfig.released(**SMALL)).to(dtype)
+
+
+def batch(dtype=torch.float32, size: int = 128, global_size: int = 128):
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 3, size, size, generator=g, dtype=dtype)
+    v1 = torch.randn(2, 3, global_size, global_size, generator=g, dtype=dtype)
+    v2 = x + 0.2 * torch.randn(x.shape, generator=g, dtype=dtype)
+    cls_label = torch.tensor([[1, 0, 1, 0, 0], [0, 1, 0, 0, 1]], dtype=dtype)
+    img_box = torch.tensor([[0, size, 0, size], [8, size - 8, 0, size - 30]])
+    return x, v1, v2, cls_label, img_box
+
+
+def mixed_key_mask(net: MCCNet, grid=(8, 8)) -> torch.Tensor:
+    mask = net.mask_sampler(2, grid, net.config.num_views, generator=torch.Generator().manual_seed(5))
+    mask[:, 0] = False  # a view that keeps everything
+    mask[:, 1] = True  # a view that drops every patch key: always negative
+    return mask
+
+
+def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-30))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("step", [0, 2500, 13000], ids=["early", "seg", "final-cam"])
+@pytest.mark.parametrize("preset", ["released", "paper"])
+def test_fast_step_equals_plain_step(dtype, step, preset):
+    config = getattr(MCCConfig, preset)(**SMALL)
+    fast_net = small_net(config, dtype=dtype)
+    plain_net = copy.deepcopy(fast_net)
+    inputs = batch(dtype)
+    key_mask = mixed_key_mask(fast_net)
+
+    fast = fast_net.training_losses(*inputs, step, key_mask=key_mask)
+    plain = plain_net.training_losses(*inputs, step, key_mask=key_mask, fast=False)
+    assert 0 < float(fast.positive_rate) < 1, "the test needs both positive and negative views"
+    loss_tol, grad_tol = (1e-5, 1e-4) if dtype == torch.float32 else (1e-12, 1e-10)
+    for name, a, b in zip(fast._fields, fast, plain):
+        assert torch.isfinite(a), name
+        assert _relative(a.detach(), b.detach()) < loss_tol, name
+
+    fast.total.backward()
+    plain.total.backward()
+    checked = 0
+    for (name, p), (_, q) in zip(fast_net.named_parameters(), plain_net.named_parameters()):
+        assert (p.grad is None) == (q.grad is None), name
+        if p.grad is not None:
+            assert _relative(p.grad, q.grad) < grad_tol, name
+            checked += 1
+    assert checked == sum(1 for p in fast_net.parameters() if p.requires_grad)
+    # The teacher moved identically (one EMA update in each).
+    for p, q in zip(fast_net.projector.teacher.parameters(), plain_net.projector.teacher.parameters()):
+        torch.testing.assert_close(p, q, rtol=0, atol=0)
+
+
+def test_fast_step_with_a_smaller_global_view():
+    fast_net = small_net()
+    plain_net = copy.deepcopy(fast_net)
+    inputs = batch(global_size=96)
+    key_mask = mixed_key_mask(fast_net)
+    fast = fast_net.training_losses(*inputs, 0, key_mask=key_mask)
+    plain = plain_net.training_losses(*inputs, 0, key_mask=key_mask, fast=False)
+    assert _relative(fast.total.detach(), plain.total.detach()) < 1e-5
+
+
+def test_total_is_the_weighted_sum_and_seg_starts_late():
+    net = small_net()
+    cfg = net.config
+    for step in (cfg.seg_start_step - 1, cfg.seg_start_step):
+        losses = net.training_losses(*batch(), step, generator=torch.Generator().manual_seed(0))
+        expected = (
+            cfg.w_cls * losses.cls
+            + cfg.w_cls_aux * losses.cls_aux
+            + cfg.w_affinity * losses.affinity
+            + cfg.w_mcc * losses.mcc
+            + cfg.seg_weight(step) * losses.seg
+        )
+        torch.testing.assert_close(losses.total, expected)
+    assert cfg.seg_weight(cfg.seg_start_step - 1) == 0.0 and cfg.seg_weight(cfg.seg_start_step) == 0.1
+
+
+def test_training_reduces_the_loss_on_a_fixed_batch():
+    net = small_net()
+    optimizer = torch.optim.AdamW(net.param_groups(), lr=1e-3)
+    inputs = batch()
+    totals = []
+    for _ in range(6):
+        losses = net.training_losses(*inputs, 0, generator=torch.Generator().manual_seed(0))
+        optimizer.zero_grad()
+        losses.total.backward()
+        optimizer.step()
+        totals.append(float(losses.total.detach()))
+    assert totals[-1] < totals[0]
+
+
+def test_training_step_module_is_the_training_losses():
+    net = small_net()
+    step_module = MCCTrainingStep(copy.deepcopy(net))
+    key_mask = mixed_key_mask(net)
+    a = net.training_losses(*batch(), 100, key_mask=key_mask)
+    b = step_module(*batch(), 100, key_mask=key_mask)
+    torch.testing.assert_close(a.total, b.total)
+
+
+def test_param_groups_cover_every_trainable_parameter_once():
+    net = small_net()
+    groups = net.param_groups(weight_decay=0.05)
+    ids = [id(p) for g in groups for p in g["params"]]
+    assert len(ids) == len(set(ids))
+    trainable = {id(p) for p in net.parameters() if p.requires_grad}
+    assert set(ids) == trainable
+    assert id(net.encoder.vit.pos_embed) not in trainable  # frozen, as published
+    assert not any(p.requires_grad for p in net.projector.teacher.parameters())
+    assert [g["lr_scale"] for g in groups] == [1.0, 10.0]
+    assert all(g["weight_decay"] == 0.05 for g in groups)
+    encoder = {id(p) for p in net.encoder.parameters()}
+    assert {id(p) for p in groups[0]["params"]} <= encoder
+    assert not ({id(p) for p in groups[1]["params"]} & encoder)
+
+
+def test_pos_embed_trainable_when_asked():
+    net = small_net(MCCConfig.released(freeze_pos_embed=False, **SMALL))
+    assert net.encoder.vit.pos_embed.requires_grad
+
+
+def test_presets_follow_their_sources():
+    released, paper = MCCConfig.released(), MCCConfig.paper()
+    assert (released.mask_ratio, released.infonce_variant, released.final_cam_positives_from) == (
+        0.95,
+        "reference",
+        12000,
+    )
+    assert (paper.mask_ratio, paper.infonce_variant, paper.positive_cam) == (0.75, "paper", "aux")
+    assert paper.final_cam_positives_from is None and paper.w_seg == 1.0 and not paper.affinity_absolute
+    coco = MCCConfig.released("coco")
+    assert coco.seg_start_step == 8000 and coco.final_cam_positives_from is None
+    assert not released.positives_from_final_cam(11999) and released.positives_from_final_cam(12000)
+    assert not paper.positives_from_final_cam(10**6)
+    for value in (released, paper):
+        assert (value.low_thre, value.high_thre, value.mu, value.temperature, value.momentum) == (
+            0.25,
+            0.7,
+            0.2,
+            0.5,
+            0.9,
+        )
+        assert (value.w_affinity, value.w_mcc, value.num_views, value.mask_scale) == (0.2, 0.5, 8, 4)
+
+
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        ({"mask_ratio": 1.0}, "mask_ratio"),
+        ({"low_thre": 0.8}, "low_thre"),
+        ({"positive_cam": "x"}, "positive_cam"),
+        ({"infonce_variant": "x"}, "infonce_variant"),
+        ({"momentum": 2.0}, "momentum"),
+    ],
+)
+def test_config_rejects_bad_values(overrides, match):
+    with pytest.raises(ValueError, match=match):
+        MCCConfig.released(**overrides)
+
+
+def test_inference_shapes():
+    net = small_net().eval()
+    images = torch.randn(2, 3, 128, 96)
+    assert net(images).shape == (2, NUM_CLASSES + 1, 8, 6)
+    logits = net.segment(images, scales=(1.0, 1.25, 0.5), flip=True)
+    assert logits.shape == (2, NUM_CLASSES + 1, 128, 96)
+    single = net.segment(images)
+    torch.testing.assert_close(
+        single,
+        torch.nn.functional.interpolate(net(images), size=(128, 96), mode="bilinear", align_corners=False),
+    )
+    cam, cam_aux = net.multi_scale_cams(images)
+    assert cam.shape == cam_aux.shape == (2, NUM_CLASSES, 128, 96)
+    assert float(cam.min()) >= 0 and float(cam.max()) <= 1
+
+
+class TestErrors:
+    net = small_net()
+
+    def test_cls_label_width(self):
+        x, v1, v2, _, box = batch()
+        with pytest.raises(ValueError, match="cls_label"):
+            self.net.training_losses(x, v1, v2, torch.ones(2, 4), box, 0)
+
+    def test_v2_not_aligned(self):
+        x, v1, _, labels, box = batch()
+        with pytest.raises(ValueError, match="v2"):
+            self.net.training_losses(x, v1, x[:, :, :96], labels, box, 0)
+
+    def test_box_shape(self):
+        x, v1, v2, labels, _ = batch()
+        with pytest.raises(ValueError, match="img_box"):
+            self.net.training_losses(x, v1, v2, labels, torch.zeros(2, 3, dtype=torch.long), 0)
+
+    def test_num_classes(self):
+        with pytest.raises(ValueError, match="num_classes"):
+            MCCNet(VisionTransformer(img_size=64, depth=1, embed_dim=32, num_heads=2), 0)
