@@ -203,3 +203,18 @@ def test_cuda_matches_cpu():
     out = PAR(num_iter=3)(images.cuda(), masks.cuda())
     assert out.device.type == "cuda"
     torch.testing.assert_close(out.cpu(), PAR(num_iter=3)(images, masks), rtol=1e-4, atol=1e-5)
+
+
+@cuda
+def test_cuda_peak_memory_has_no_per_class_unfold():
+    images = torch.rand(1, 3, 96, 128, device="cuda")
+    masks = torch.rand(1, 21, 96, 128, device="cuda")
+    one_map = 96 * 128 * 4
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    PAR()(images, masks)
+    torch.cuda.synchronize()
+    peak_maps = (torch.cuda.max_memory_allocated() - before) / one_map
+    # Affinity (48 maps) + a few copies of the 21 masks; the unfold form needs 2 * 48 * 21 maps.
+    assert peak_maps < 48 + 6 * 21
