@@ -1,0 +1,179 @@
+"""Scoring a trained :class:`~mcc.MCCNet` on a labelled split: CAMs, pseudo labels, segmentation."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from mcc.cam import cam_to_label, multi_scale_cam
+from mcc.network import MCCNet
+from mcc.refine import refine_cams_with_background
+from mcc.training.metrics import ConfusionMatrix, SegmentationScores
+
+__all__ = ["evaluate"]
+
+
+def _to_patch_multiple(images: torch.Tensor, patch: tuple[int, int]) -> torch.Tensor:
+    height, width = images.shape[-2:]
+    size = (
+        max(patch[0], round(height / patch[0]) * patch[0]),
+        max(patch[1], round(width / patch[1]) * patch[1]),
+    )
+    if size == (height, width):
+        return images
+    return F.interpolate(images, size=size, mode="bilinear", align_corners=False)
+
+
+@torch.no_grad()
+def evaluate(
+    net: MCCNet,
+    dataset: Dataset,
+    *,
+    device: torch.device | str = "cpu",
+    cams: bool = True,
+    pseudo_labels: bool = False,
+    segmentation: bool = True,
+    bkg_thre: float | Sequence[float] = 0.5,
+    cam_scales: Sequence[float] | None = None,
+    seg_scales: Sequence[float] = (1.0,),
+    flip: bool = False,
+    crf: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
+    max_images: int | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+    autocast_dtype: torch.dtype | None = None,
+    progress: bool = False,
+) -> dict[str, SegmentationScores]:
+    """mIoU of the CAM labels, the refined pseudo labels and the segmentation on a labelled split.
+
+    Every image is scored at its own size (METHOD.md section 4). Inputs whose sides are not multiples of
+    the patch size are resized to the nearest multiple for the network; maps and logits are resized back.
+
+    * ``"cam"``: :func:`~mcc.multi_scale_cam` of the final classifier with the ground-truth image labels
+      (as in WSSS practice), :func:`~mcc.cam_to_label` with ``bkg_thre`` (METHOD.md: VOC 0.5, COCO 0.45).
+      With several thresholds, ``"cam"`` is the first and ``"cam@0.40"``... every one of them.
+    * ``"pseudo"``: :func:`~mcc.refine_cams_with_background` (PAR, the network's thresholds) of the same
+      CAMs, i.e. the training step's segmentation label; its uncertain pixels count as background.
+    * ``"seg"``: :meth:`~mcc.MCCNet.segment` with ``seg_scales`` and ``flip``, then optionally ``crf``
+      (e.g. :class:`~mcc.DenseCRF` ``(10, 1, 1, 121, 5, 4)``) on the softmax.
+
+    Under DDP each rank scores images ``rank, rank + world_size, ...`` and the counts are all-reduced,
+    so every rank returns the same scores.
+
+    Args:
+        net: the network (put in eval mode for the call, its mode restored after).
+        dataset: a :class:`~mcc.data.VOCSegmentation`-like dataset: samples with ``image`` (3, H, W)
+            normalised as ``net`` expects, ``mask`` (H, W) long with 255 = ignore, ``cls_label`` (C,),
+            and ``num_classes`` (background included).
+        device: where the network runs.
+        cams, pseudo_labels, segmentation: which scores to compute.
+        bkg_thre: background threshold(s) of the CAM labels.
+        cam_scales: CAM scales (default the network config's).
+        seg_scales: segmentation scales (VOC evaluation: 1.0, 1.25, 1.5).
+        flip: add horizontal flips to the segmentation.
+        crf: callable ``(image uint8 (H, W, 3), probs (C, H, W)) -> probs (C, H, W)``.
+        max_images: score only the first ``max_images`` images.
+        rank, world_size: this process's share of the images.
+        autocast_dtype: run the network under CUDA autocast with this dtype (e.g. ``torch.bfloat16``).
+        progress: show a tqdm bar on rank 0 (when tqdm is installed).
+
+    Returns:
+        dict of :class:`~mcc.training.SegmentationScores` with the keys above.
+    """
+    thresholds = [bkg_thre] if isinstance(bkg_thre, int | float) else list(bkg_thre)
+    if not thresholds:
+        raise ValueError("bkg_thre: give at least one threshold")
+    num_classes = getattr(dataset, "num_classes", net.num_classes + 1)
+    if num_classes != net.num_classes + 1:
+        raise ValueError(
+            f"dataset has {num_classes} classes (background included), the network {net.num_classes} + 1"
+        )
+    device = torch.device(device)
+    config = net.config
+    matrices: dict[str, ConfusionMatrix] = {}
+
+    def score(name: str, prediction: torch.Tensor, target: torch.Tensor) -> None:
+        if name not in matrices:
+            matrices[name] = ConfusionMatrix(num_classes, config.ignore_index, device=device)
+        matrices[name].update(prediction, target)
+
+    count = len(dataset) if max_images is None else min(max_images, len(dataset))
+    indices = range(rank, count, world_size)
+    if progress and rank == 0:
+        try:
+            from tqdm import tqdm
+
+            indices = tqdm(indices, desc="evaluate", leave=False)
+        except ImportError:
+            pass
+
+    patch = net.encoder.patch_size
+    use_autocast = autocast_dtype is not None and device.type == "cuda"
+
+    def cam_fn(images: torch.Tensor):
+        return net.cams(_to_patch_multiple(images, patch))
+
+    was_training = net.training
+    net.eval()
+    try:
+        for index in indices:
+            sample = dataset[index]
+            image = sample["image"].unsqueeze(0).to(device)
+            mask = sample["mask"].unsqueeze(0).to(device)
+            cls_label = sample["cls_label"].unsqueeze(0).to(device)
+            with torch.autocast(device.type, dtype=autocast_dtype or torch.bfloat16, enabled=use_autocast):
+                if cams or pseudo_labels:
+                    cam, _ = multi_scale_cam(cam_fn, image, cam_scales or config.cam_scales, True)
+                    cam = cam.float()
+                    if cams:
+                        for i, thre in enumerate(thresholds):
+                            label = cam_to_label(
+                                cam, cls_label, bkg_thre=thre, ignore_index=config.ignore_index
+                            )
+                            if i == 0:
+                                score("cam", label, mask)
+                            if len(thresholds) > 1:
+                                score(f"cam@{thre:.2f}", label, mask)
+                    if pseudo_labels:
+                        rgb = (image * net.pixel_std + net.pixel_mean).clamp(0, 1)
+                        pseudo = refine_cams_with_background(
+                            net.par,
+                            rgb,
+                            cam,
+                            cls_label,
+                            high_thre=config.high_thre,
+                            low_thre=config.low_thre,
+                            ignore_index=config.ignore_index,
+                            down_scale=config.par_down_scale,
+                        )
+                        score("pseudo", pseudo.masked_fill(pseudo == config.ignore_index, 0), mask)
+                if segmentation:
+                    logits = net.segment(image, seg_scales, flip).float()
+                    if crf is not None:
+                        rgb = (image * net.pixel_std + net.pixel_mean).clamp(0, 1)
+                        rgb8 = (rgb[0].permute(1, 2, 0) * 255).round().byte().cpu().numpy()
+                        probs = crf(np.ascontiguousarray(rgb8), logits[0].softmax(0).cpu().numpy())
+                        prediction = torch.from_numpy(np.asarray(probs)).argmax(0).unsqueeze(0)
+                    else:
+                        prediction = logits.argmax(1)
+                    score("seg", prediction, mask)
+    finally:
+        net.train(was_training)
+
+    names = []
+    if cams:
+        names += ["cam"] + ([f"cam@{t:.2f}" for t in thresholds] if len(thresholds) > 1 else [])
+    if pseudo_labels:
+        names.append("pseudo")
+    if segmentation:
+        names.append("seg")
+    results = {}
+    for name in names:  # fixed order: every rank joins the same collectives even with no images
+        matrix = matrices.get(name) or ConfusionMatrix(num_classes, config.ignore_index, device=device)
+        matrix.all_reduce()
+        results[name] = matrix.compute()
+    return results
