@@ -2,6 +2,6 @@
 
 from mcc.network.config import MCCConfig
 from mcc.network.decoder import LargeFOV
-from mcc.network.mcc_net import MCCLosses, MCCNet, MCCTrainingStep
+from mcc.network.mcc_net import MCCLabels, MCCLosses, MCCNet, MCCTrainingStep
 
-__all__ = ["LargeFOV", "MCCConfig", "MCCLosses", "MCCNet", "MCCTrainingStep"]
+__all__ = ["LargeFOV", "MCCConfig", "MCCLabels", "MCCLosses", "MCCNet", "MCCTrainingStep"]

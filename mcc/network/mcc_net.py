@@ -23,7 +23,7 @@ from mcc.network.config import MCCConfig
 from mcc.network.decoder import LargeFOV
 from mcc.refine import PAR, refine_cams_with_background
 
-__all__ = ["MCCLosses", "MCCNet", "MCCTrainingStep"]
+__all__ = ["MCCLabels", "MCCLosses", "MCCNet", "MCCTrainingStep"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -53,6 +53,26 @@ class MCCLosses(NamedTuple):
     def as_dict(self) -> dict[str, float]:
         """Plain floats for logging (one host sync per term)."""
         return {name: float(value.detach()) for name, value in self._asdict().items()}
+
+
+class MCCLabels(NamedTuple):
+    """The supervision a training step derives from the CAMs of ``x`` (no gradient).
+
+    Attributes:
+        cam: multi-scale final CAM, (B, C, H, W) in [0, 1].
+        cam_aux: multi-scale auxiliary CAM, (B, C, H, W) in [0, 1].
+        key_mask: dropped keys of the local views, bool (B, V, h*w).
+        positive: positiveness of each local view (Eq. 8), bool (B, V).
+        token_label: three-way token labels for the affinity loss (Eq. 11), long (B, h, w).
+        pseudo_label: PAR-refined segmentation pseudo label, long (B, H, W).
+    """
+
+    cam: torch.Tensor
+    cam_aux: torch.Tensor
+    key_mask: torch.Tensor
+    positive: torch.Tensor
+    token_label: torch.Tensor
+    pseudo_label: torch.Tensor
 
 
 class MCCNet(nn.Module):
@@ -179,6 +199,70 @@ class MCCNet(nn.Module):
 
     # -- training -------------------------------------------------------------------------------------------
 
+    @torch.no_grad()
+    def make_labels(
+        self,
+        x: torch.Tensor,
+        cls_label: torch.Tensor,
+        img_box: torch.Tensor | None,
+        step: int,
+        *,
+        key_mask: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> MCCLabels:
+        """Everything a training step derives from the CAMs, without gradient (METHOD.md steps 2-4, 8, 9).
+
+        Args:
+            x: main crops, (B, 3, H, W), normalised with ``pixel_mean``/``pixel_std``.
+            cls_label: multi-hot image labels, (B, C).
+            img_box: valid region of each crop, (B, 4) rows ``(y0, y1, x0, x1)`` in pixels, end exclusive;
+                outside it nothing is supervised. None = whole crop.
+            step: optimiser steps already taken (selects the CAM that judges positiveness).
+            key_mask: dropped keys of the V local views, bool (B, V, h*w); drawn with the config's
+                :class:`~mcc.attention.ScaledBernoulliKeyMask` and ``generator`` when None.
+            generator: random source of the key masks.
+
+        Returns:
+            :class:`MCCLabels`.
+        """
+        cfg = self.config
+        batch = x.shape[0]
+        grid = self.encoder.grid_size(x)
+        cam, cam_aux = self.multi_scale_cams(x)
+
+        # Key masks and positiveness of the local views (Eq. 8-9) on the CAM at token resolution.
+        if key_mask is None:
+            key_mask = self.mask_sampler(batch, grid, cfg.num_views, generator=generator, device=x.device)
+        positive_cam = cam if cfg.positives_from_final_cam(step) else cam_aux
+        positive_cam = F.interpolate(positive_cam, size=grid, mode="bicubic", align_corners=False)
+        positive = positive_views(positive_cam, cls_label, key_mask, cfg.low_thre, cfg.high_thre, cfg.mu)
+
+        # Token labels for the affinity loss (Eq. 11) from the aux CAM, the box in token units.
+        aux_tokens = F.interpolate(cam_aux, size=grid, mode="bilinear", align_corners=False)
+        token_label = cam_to_label(
+            aux_tokens,
+            cls_label,
+            low_thre=cfg.low_thre,
+            high_thre=cfg.high_thre,
+            img_box=None if img_box is None else self._box_to_tokens(img_box),
+            ignore_index=cfg.ignore_index,
+        )
+
+        # The segmentation pseudo label: final CAM refined by PAR on the RGB crop.
+        rgb = (x * self.pixel_std + self.pixel_mean).clamp(0, 1)
+        pseudo_label = refine_cams_with_background(
+            self.par,
+            rgb,
+            cam,
+            cls_label,
+            high_thre=cfg.high_thre,
+            low_thre=cfg.low_thre,
+            img_box=img_box,
+            ignore_index=cfg.ignore_index,
+            down_scale=cfg.par_down_scale,
+        )
+        return MCCLabels(cam, cam_aux, key_mask, positive, token_label, pseudo_label)
+
     def training_losses(
         self,
         x: torch.Tensor,
@@ -191,6 +275,7 @@ class MCCNet(nn.Module):
         key_mask: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
         fast: bool = True,
+        labels: MCCLabels | None = None,
     ) -> MCCLosses:
         """Computes one training step's losses (METHOD.md section 2); call ``.total.backward()`` after.
 
@@ -211,78 +296,47 @@ class MCCNet(nn.Module):
                 tokens, first global view = the main forward, token dropping for the masked views).
                 ``fast=False`` runs every pass separately, as published; both give the same losses and
                 gradients up to float rounding.
+            labels: the output of :meth:`make_labels` for this batch (then ``key_mask`` and ``generator``
+                are not used); computed here when None.
 
         Returns:
             :class:`MCCLosses`.
         """
         cfg = self.config
         self._check_batch(x, v1, v2, cls_label, img_box)
+        if labels is None:
+            labels = self.make_labels(x, cls_label, img_box, step, key_mask=key_mask, generator=generator)
+        self._check_labels(labels, x)
         batch = x.shape[0]
-        grid = self.encoder.grid_size(x)
 
-        # 1. CAMs of x for every label (no gradient).
-        cam, cam_aux = self.multi_scale_cams(x)
+        # Forward passes with gradient.
+        main, student_global, teacher_global, local = self._encode(x, v1, v2, labels.key_mask, fast)
 
-        # 2. Key masks and positiveness of the local views (Eq. 8-9) on the CAM at token resolution.
-        if key_mask is None:
-            key_mask = self.mask_sampler(batch, grid, cfg.num_views, generator=generator, device=x.device)
-        positive_cam = cam if cfg.positives_from_final_cam(step) else cam_aux
-        positive_cam = F.interpolate(positive_cam, size=grid, mode="bicubic", align_corners=False)
-        local_positive = positive_views(
-            positive_cam, cls_label, key_mask, cfg.low_thre, cfg.high_thre, cfg.mu
-        )
-
-        # 3. Forward passes with gradient.
-        main, student_global, teacher_global, local = self._encode(x, v1, v2, key_mask, fast)
-
-        # 4. Classification (Eq. 6), main and auxiliary.
+        # Classification (Eq. 6), main and auxiliary.
         logits = self.classifier(F.adaptive_max_pool2d(main.patches, 1)).flatten(1)
         logits_aux = self.aux_classifier(F.adaptive_max_pool2d(main.aux, 1)).flatten(1)
         loss_cls = F.multilabel_soft_margin_loss(logits, cls_label)
         loss_cls_aux = F.multilabel_soft_margin_loss(logits_aux, cls_label)
 
-        # 5. Masked collaborative contrast (Eq. 10): teacher on global views, student on global + local.
+        # Masked collaborative contrast (Eq. 10): teacher on global views, student on global + local.
         self.projector.update_teacher()
         teacher = self.projector.forward_teacher(teacher_global)
         student = self.projector(torch.cat([student_global, local], dim=1))
-        positive = torch.cat([local_positive.new_ones(batch, student_global.shape[1]), local_positive], dim=1)
+        global_positive = labels.positive.new_ones(batch, student_global.shape[1])
+        positive = torch.cat([global_positive, labels.positive], dim=1)
         loss_mcc = mcc_infonce(
             teacher, student, positive, cfg.temperature, cfg.infonce_eps, cfg.infonce_variant
         )
 
-        # 6. Token affinity (Eq. 11-12) from the aux CAM, box in token units.
-        aux_tokens = F.interpolate(cam_aux, size=grid, mode="bilinear", align_corners=False)
-        token_box = None if img_box is None else self._box_to_tokens(img_box)
-        token_label = cam_to_label(
-            aux_tokens,
-            cls_label,
-            low_thre=cfg.low_thre,
-            high_thre=cfg.high_thre,
-            img_box=token_box,
-            ignore_index=cfg.ignore_index,
-        )
-        loss_affinity = affinity_loss(
-            main.patches, affinity_labels(token_label, cfg.ignore_index), absolute=cfg.affinity_absolute
-        )
+        # Token affinity (Eq. 12) on the final tokens.
+        aff_label = affinity_labels(labels.token_label, cfg.ignore_index)
+        loss_affinity = affinity_loss(main.patches, aff_label, absolute=cfg.affinity_absolute)
 
-        # 7. Segmentation against the PAR-refined pseudo label.
-        with torch.no_grad():
-            rgb = (x * self.pixel_std + self.pixel_mean).clamp(0, 1)
-            pseudo = refine_cams_with_background(
-                self.par,
-                rgb,
-                cam,
-                cls_label,
-                high_thre=cfg.high_thre,
-                low_thre=cfg.low_thre,
-                img_box=img_box,
-                ignore_index=cfg.ignore_index,
-                down_scale=cfg.par_down_scale,
-            )
+        # Segmentation against the PAR-refined pseudo label.
         seg_logits = F.interpolate(
             self.decoder(main.patches), size=x.shape[-2:], mode="bilinear", align_corners=False
         )
-        loss_seg = segmentation_loss(seg_logits, pseudo, cfg.ignore_index)
+        loss_seg = segmentation_loss(seg_logits, labels.pseudo_label, cfg.ignore_index)
 
         total = (
             cfg.w_cls * loss_cls
@@ -291,9 +345,8 @@ class MCCNet(nn.Module):
             + cfg.w_mcc * loss_mcc
             + cfg.seg_weight(step) * loss_seg
         )
-        return MCCLosses(
-            total, loss_cls, loss_cls_aux, loss_affinity, loss_mcc, loss_seg, local_positive.float().mean()
-        )
+        positive_rate = labels.positive.float().mean()
+        return MCCLosses(total, loss_cls, loss_cls_aux, loss_affinity, loss_mcc, loss_seg, positive_rate)
 
     def _encode(self, x, v1, v2, key_mask, fast: bool):
         """Main tokens of x, student / teacher global class tokens (B, 2, D), local class tokens (B, V, D)."""
@@ -328,6 +381,29 @@ class MCCNet(nn.Module):
     @staticmethod
     def _cam(tokens: torch.Tensor, classifier: nn.Conv2d) -> torch.Tensor:
         return F.conv2d(tokens, classifier.weight)
+
+    def _check_labels(self, labels: MCCLabels, x: torch.Tensor) -> None:
+        batch, grid = x.shape[0], self.encoder.grid_size(x)
+        expected = {
+            "cam": (batch, self.num_classes, *x.shape[-2:]),
+            "cam_aux": (batch, self.num_classes, *x.shape[-2:]),
+            "token_label": (batch, *grid),
+            "pseudo_label": (batch, *x.shape[-2:]),
+        }
+        for name, shape in expected.items():
+            if tuple(getattr(labels, name).shape) != shape:
+                raise ValueError(
+                    f"labels.{name} must have shape {shape}, got {tuple(getattr(labels, name).shape)}"
+                )
+        views = labels.key_mask.shape[1] if labels.key_mask.dim() == 3 else -1
+        if labels.key_mask.shape != (batch, views, grid[0] * grid[1]) or labels.positive.shape != (
+            batch,
+            views,
+        ):
+            raise ValueError(
+                f"labels.key_mask must have shape ({batch}, V, {grid[0] * grid[1]}) and labels.positive "
+                f"({batch}, V), got {tuple(labels.key_mask.shape)} and {tuple(labels.positive.shape)}"
+            )
 
     def _check_batch(self, x, v1, v2, cls_label, img_box) -> None:
         for name, view in (("x", x), ("v1", v1), ("v2", v2)):

@@ -227,3 +227,29 @@ class TestErrors:
     def test_num_classes(self):
         with pytest.raises(ValueError, match="num_classes"):
             MCCNet(VisionTransformer(img_size=64, depth=1, embed_dim=32, num_heads=2), 0)
+
+
+def test_precomputed_labels_give_the_same_losses():
+    net = small_net()
+    inputs = batch()
+    key_mask = mixed_key_mask(net)
+    labels = net.make_labels(inputs[0], inputs[3], inputs[4], 2500, key_mask=key_mask)
+    assert labels.pseudo_label.shape == (2, 128, 128) and labels.token_label.shape == (2, 8, 8)
+    assert labels.positive.shape == (2, net.config.num_views) and not labels.positive[:, 1].any()
+    a = net.training_losses(*inputs, 2500, key_mask=key_mask)
+    b = net.training_losses(*inputs, 2500, labels=labels)
+    torch.testing.assert_close(a.total, b.total)
+    with pytest.raises(ValueError, match="labels.cam"):
+        net.training_losses(*inputs, 0, labels=labels._replace(cam=labels.cam[:, :3]))
+    with pytest.raises(ValueError, match="labels.key_mask"):
+        net.training_losses(*inputs, 0, labels=labels._replace(positive=labels.positive[:, :2]))
+
+
+def test_outside_the_box_is_never_supervised():
+    net = small_net()
+    x, v1, v2, cls_label, _ = batch()
+    img_box = torch.tensor([[0, 64, 0, 128], [0, 128, 40, 128]])
+    labels = net.make_labels(x, cls_label, img_box, 0, key_mask=mixed_key_mask(net))
+    assert (labels.pseudo_label[0, 64:] == 255).all() and (labels.pseudo_label[1, :, :40] == 255).all()
+    # Token units: rows 4.. of image 0 lie outside; image 1's columns 0..2 hold pixels outside (40/16 = 2.5).
+    assert (labels.token_label[0, 4:] == 255).all() and (labels.token_label[1, :, :3] == 255).all()
