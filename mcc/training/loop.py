@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -60,6 +61,8 @@ class TrainSettings:
         save_best: also keep ``best.pt``, the checkpoint with the highest ``best_metric``.
         best_metric: ``"seg"`` or ``"cam"`` mIoU.
         resume: checkpoint to continue from, ``"auto"`` (``work_dir/last.pt`` when it exists) or None.
+        stop_after: stop once this many steps are done, writing ``last.pt``, while the schedule still
+            runs to ``max_iters`` (a time-limited job that a later ``resume="auto"`` continues).
         tensorboard: also log to ``work_dir/tb`` (needs the ``tensorboard`` package).
     """
 
@@ -87,6 +90,7 @@ class TrainSettings:
     save_best: bool = True
     best_metric: str = "seg"
     resume: str | None = None
+    stop_after: int | None = None
     tensorboard: bool = False
 
     def __post_init__(self) -> None:
@@ -335,7 +339,12 @@ def train(
     window: list[list[float]] = []
     tic = time.perf_counter()
     try:
-        for step in range(start_step, settings.max_iters):
+        end = (
+            settings.max_iters
+            if settings.stop_after is None
+            else min(settings.stop_after, settings.max_iters)
+        )
+        for step in range(start_step, end):
             batch = next(batches)
             lr = poly_warmup_lr(
                 step,
@@ -361,7 +370,7 @@ def train(
                 )
                 sync = not context.distributed or index == accumulation - 1
                 with (
-                    step_module.no_sync() if not sync else _nullcontext(),
+                    step_module.no_sync() if not sync else contextlib.nullcontext(),
                     torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp),
                 ):
                     losses = step_module(
@@ -386,7 +395,7 @@ def train(
             done = step + 1
             result.step = done
 
-            if done % settings.log_every == 0 or done == settings.max_iters:
+            if done % settings.log_every == 0 or done == end:
                 mean = _mean_over_ranks(np.mean(window, axis=0).tolist(), context)
                 seconds = (time.perf_counter() - tic) / len(window)
                 terms = " ".join(f"{name} {value:.4f}" for name, value in zip(LOSS_NAMES, mean, strict=True))
@@ -396,6 +405,7 @@ def train(
 
             improved = False
             at_end = done == settings.max_iters
+            stopping = done == end
             periodic = settings.eval_every and done % settings.eval_every == 0
             if val_set is not None and (periodic or (at_end and settings.eval_at_end)):
                 scores = evaluate(
@@ -420,25 +430,13 @@ def train(
                     result.best = best
                 tic = time.perf_counter()
 
-            if context.is_main and (
-                improved
-                and settings.save_best
-                or (settings.save_every and done % settings.save_every == 0)
-                or at_end
-            ):
+            save_last = stopping or bool(settings.save_every and done % settings.save_every == 0)
+            if context.is_main and (save_last or (improved and settings.save_best)):
                 state = checkpoint_state(done)
-                if (settings.save_every and done % settings.save_every == 0) or at_end:
+                if save_last:
                     save_checkpoint(work_dir / "last.pt", state)
                 if improved and settings.save_best:
                     save_checkpoint(work_dir / "best.pt", state)
     finally:
         logger.close()
     return result
-
-
-class _nullcontext:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
