@@ -102,6 +102,8 @@ class TrainSettings:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.best_metric not in ("seg", "cam"):
             raise ValueError(f"best_metric must be 'seg' or 'cam', got {self.best_metric!r}")
+        if self.stop_after is not None and self.stop_after < 1:
+            raise ValueError(f"stop_after must be >= 1 or None, got {self.stop_after}")
         if self.base_lr <= 0:
             raise ValueError(f"base_lr must be > 0, got {self.base_lr}")
 
