@@ -58,10 +58,13 @@ def main() -> None:
     parser.add_argument("--amp", action="store_true", help="bf16 autocast")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--path", choices=["fast", "plain"], help=argparse.SUPPRESS)
     parser.add_argument("--ratio", type=float, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.child:
         print(json.dumps(child(args)))
         return
@@ -74,6 +77,7 @@ def main() -> None:
         f"--device={args.device}",
         f"--repeats={args.repeats}",
         f"--warmup={args.warmup}",
+        f"--threads={args.threads}",
     ] + (["--amp"] if args.amp else [])
     print(
         f"masked views: {args.model} at {args.size}, B={args.batch}, V={args.views}, forward+backward, "

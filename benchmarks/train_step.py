@@ -78,11 +78,14 @@ def main() -> None:
     parser.add_argument("--amp", action="store_true", help="bf16 autocast")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--path", choices=["fast", "plain"], help=argparse.SUPPRESS)
     parser.add_argument("--part", choices=["labels", "grad"], help=argparse.SUPPRESS)
     parser.add_argument("--ratio", type=float, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.child:
         print(json.dumps(child(args)))
         return
@@ -94,6 +97,7 @@ def main() -> None:
         f"--device={args.device}",
         f"--repeats={args.repeats}",
         f"--warmup={args.warmup}",
+        f"--threads={args.threads}",
     ] + (["--amp"] if args.amp else [])
     print(
         f"MCC training step: {args.model} at {args.size}, batch {args.batch}, 8 masked views, "
