@@ -1,0 +1,241 @@
+"""Command line shared by ``train_voc.py`` and ``train_coco.py`` (timm ``train.py`` style).
+
+argparse defaults, optionally replaced by a YAML file (``--config``), then by the command line; the
+resolved arguments are written to ``<work-dir>/args.yaml`` next to the checkpoints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import random
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mcc.data import VOCSegmentation, VOCTrainViews
+from mcc.network import MCCConfig, MCCNet
+from mcc.training import (
+    TrainSettings,
+    build_vit,
+    cleanup_distributed,
+    init_distributed,
+    train,
+)
+
+# The published runs (METHOD.md section 2).
+DATASET_DEFAULTS = {
+    "voc": dict(
+        train_split="train_aug", val_split="val", max_iters=20000, batch_size=4, eval_every=2000, bkg_thre=0.5
+    ),
+    "coco": dict(
+        train_split="train",
+        val_split="val_part",
+        max_iters=80000,
+        batch_size=8,
+        eval_every=8000,
+        bkg_thre=0.45,
+    ),
+}
+
+
+def _bool(text: str) -> bool:
+    lowered = str(text).lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected a boolean, got {text!r}")
+
+
+def _mcc_override(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"--mcc expects KEY=VALUE, got {text!r}")
+    key, value = text.split("=", 1)
+    import yaml
+
+    return key.strip(), yaml.safe_load(value)
+
+
+def build_parser(dataset: str) -> argparse.ArgumentParser:
+    """The training command line with the published defaults of ``dataset`` ("voc" or "coco")."""
+    d = DATASET_DEFAULTS[dataset]
+    parser = argparse.ArgumentParser(
+        description=f"Train MCC on {dataset.upper()} (single process, or torchrun --nproc_per_node=N).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--config", default=None, help="YAML file of argument defaults (keys as below)")
+    data = parser.add_argument_group("data")
+    data.add_argument("--data-root", default=None, help="dataset root in VOC layout (docs/data.md); required")
+    data.add_argument("--train-split", default=d["train_split"])
+    data.add_argument("--val-split", default=d["val_split"], help="'' for no evaluation during training")
+    data.add_argument("--crop-size", type=int, default=448)
+    data.add_argument("--num-workers", type=int, default=4, help="DataLoader workers per process")
+    data.add_argument("--data-seed", type=int, default=0, help="seed of the random training views")
+
+    model = parser.add_argument_group("model")
+    model.add_argument("--model", default="deit_base_patch16_224", help="timm ViT name")
+    model.add_argument("--pretrained", type=_bool, default=True, help="ImageNet weights (timm hub or file)")
+    model.add_argument("--pretrained-file", default=None, help="local weights file: no download")
+    model.add_argument("--preset", choices=("released", "paper"), default="released", help="MCCConfig preset")
+    model.add_argument(
+        "--mcc", type=_mcc_override, action="append", default=[], metavar="KEY=VALUE",
+        help="override an MCCConfig field, e.g. --mcc mask_ratio=0.75 (repeatable)",
+    )  # fmt: skip
+
+    schedule = parser.add_argument_group("schedule")
+    schedule.add_argument("--max-iters", type=int, default=d["max_iters"])
+    schedule.add_argument(
+        "--batch-size", type=int, default=d["batch_size"], help="global, over all processes"
+    )
+    schedule.add_argument("--accumulation-steps", type=int, default=1, help="micro-batches per process")
+    schedule.add_argument("--lr", type=float, default=6e-5, help="encoder lr (heads x head_lr_scale)")
+    schedule.add_argument("--weight-decay", type=float, default=0.01)
+    schedule.add_argument("--warmup-iters", type=int, default=1500)
+    schedule.add_argument("--seed", type=int, default=0, help="seed of the model, batch order and key masks")
+
+    run = parser.add_argument_group("run")
+    run.add_argument("--work-dir", default=f"work_dirs/mcc_{dataset}")
+    run.add_argument("--resume", default=None, help="checkpoint path, or 'auto' (<work-dir>/last.pt if any)")
+    run.add_argument("--stop-after", type=int, default=None, help="stop after N steps (resume later)")
+    run.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    run.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA)")
+    run.add_argument("--log-every", type=int, default=50)
+    run.add_argument("--eval-every", type=int, default=d["eval_every"], help="0: only at the end")
+    run.add_argument("--eval-max-images", type=int, default=None)
+    run.add_argument("--bkg-thre", type=float, default=d["bkg_thre"], help="CAM background threshold")
+    run.add_argument("--save-every", type=int, default=2000)
+    run.add_argument("--best-metric", choices=("seg", "cam"), default="seg")
+    run.add_argument("--tensorboard", action="store_true", help="log to <work-dir>/tb")
+    parser.set_defaults(dataset=dataset)
+    return parser
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> argparse.Namespace:
+    """Defaults < YAML file of ``--config`` < command line."""
+    config_parser = argparse.ArgumentParser(add_help=False)
+    config_parser.add_argument("--config", default=None)
+    known, _ = config_parser.parse_known_args(argv)
+    if known.config:
+        import yaml
+
+        path = Path(known.config)
+        if not path.is_file():
+            parser.error(f"--config: file not found: {path}")
+        values = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(values, dict):
+            parser.error(f"--config: {path} must hold a mapping of argument names to values")
+        values = {key.replace("-", "_"): value for key, value in values.items()}
+        valid = {action.dest for action in parser._actions}
+        unknown = sorted(set(values) - valid)
+        if unknown:
+            parser.error(f"--config: unknown keys in {path}: {', '.join(unknown)}")
+        if isinstance(values.get("mcc"), dict):
+            values["mcc"] = list(values["mcc"].items())
+        parser.set_defaults(**values)
+    args = parser.parse_args(argv)
+    if not args.data_root:
+        parser.error("--data-root is required (on the command line or in --config)")
+    return args
+
+
+def mcc_config(args: argparse.Namespace) -> MCCConfig:
+    """The preset of ``args.preset`` for ``args.dataset`` with the ``--mcc`` overrides."""
+    overrides = dict(args.mcc)
+    fields = {f.name for f in dataclasses.fields(MCCConfig)}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise SystemExit(f"--mcc: unknown MCCConfig fields: {', '.join(unknown)}")
+    overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
+    return getattr(MCCConfig, args.preset)(args.dataset, **overrides)
+
+
+def net_from_checkpoint(state: dict[str, Any]) -> MCCNet:
+    """Rebuilds the network a training checkpoint of these scripts describes and loads its weights."""
+    record = state.get("config") or {}
+    extra = record.get("extra") or {}
+    if "model" not in extra or "mcc" not in record:
+        raise SystemExit("the checkpoint has no network description (was it written by examples/train_*.py?)")
+    mcc = {k: tuple(v) if isinstance(v, list) else v for k, v in record["mcc"].items()}
+    vit = build_vit(extra["model"], pretrained=False, img_size=extra.get("crop_size", 448))
+    net = MCCNet(vit, record["num_classes"], MCCConfig(**mcc))
+    net.load_state_dict(state["model"])
+    return net
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)  # noqa: NPY002 - the global state is what third-party code draws from
+    torch.manual_seed(seed)
+
+
+def write_args(args: argparse.Namespace, work_dir: Path) -> None:
+    import yaml
+
+    work_dir.mkdir(parents=True, exist_ok=True)
+    values = {k: (dict(v) if k == "mcc" else v) for k, v in vars(args).items()}
+    (work_dir / "args.yaml").write_text(yaml.safe_dump(values, sort_keys=True))
+
+
+def main(dataset: str, argv: list[str] | None = None) -> None:
+    """Parses the command line and trains (the body of the two training scripts)."""
+    args = parse_args(build_parser(dataset), argv)
+    context = init_distributed(args.device)
+    try:
+        seed_everything(args.seed)  # same seed on every rank: DDP also broadcasts rank 0's weights
+        config = mcc_config(args)
+        train_set = VOCTrainViews(
+            args.data_root, args.train_split, crop_size=args.crop_size, seed=args.data_seed
+        )
+        val_set = VOCSegmentation(args.data_root, args.val_split) if args.val_split else None
+        vit = build_vit(args.model, args.pretrained, args.pretrained_file, img_size=args.crop_size)
+        net = MCCNet(vit, train_set.num_classes - 1, config)
+        settings = TrainSettings(
+            work_dir=args.work_dir,
+            max_iters=args.max_iters,
+            batch_size=args.batch_size,
+            accumulation_steps=args.accumulation_steps,
+            base_lr=args.lr,
+            weight_decay=args.weight_decay,
+            warmup_iters=args.warmup_iters,
+            seed=args.seed,
+            num_workers=args.num_workers,
+            amp=args.amp,
+            log_every=args.log_every,
+            eval_every=args.eval_every if val_set is not None else 0,
+            eval_max_images=args.eval_max_images,
+            eval_bkg_thre=args.bkg_thre,
+            save_every=args.save_every,
+            best_metric=args.best_metric,
+            resume=args.resume,
+            stop_after=args.stop_after,
+            tensorboard=args.tensorboard,
+        )
+        if context.is_main:
+            write_args(args, Path(args.work_dir))
+            print(
+                f"{dataset}: {len(train_set)} training images, "
+                f"world size {context.world_size}, {context.device}"
+            )
+        extra = {"model": args.model, "crop_size": args.crop_size, "dataset": dataset, "args": vars(args)}
+        result = train(
+            net,
+            train_set,
+            settings,
+            val_set=val_set,
+            context=context,
+            extra_config=json.loads(json.dumps(extra, default=str)),
+        )
+        if context.is_main:
+            best = "none" if result.best is None else f"{100 * result.best[0]:.2f} at step {result.best[1]}"
+            print(
+                f"done: {result.step} steps, best {settings.best_metric} mIoU {best}, "
+                f"files in {args.work_dir}"
+            )
+    finally:
+        cleanup_distributed()
+        sys.stdout.flush()
