@@ -153,6 +153,10 @@ class MCCNet(nn.Module):
 
     # -- inference ------------------------------------------------------------------------------------------
 
+    def denormalize(self, images: torch.Tensor) -> torch.Tensor:
+        """RGB in [0, 1], (B, 3, H, W), of images normalised with ``pixel_mean``/``pixel_std``."""
+        return (images * self.pixel_std + self.pixel_mean).clamp(0, 1)
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Segmentation logits (B, C+1, h, w) at token resolution for images (B, 3, H, W)."""
         return self.decoder(self.encoder(images).patches)
@@ -249,10 +253,9 @@ class MCCNet(nn.Module):
         )
 
         # The segmentation pseudo label: final CAM refined by PAR on the RGB crop.
-        rgb = (x * self.pixel_std + self.pixel_mean).clamp(0, 1)
         pseudo_label = refine_cams_with_background(
             self.par,
-            rgb,
+            self.denormalize(x),
             cam,
             cls_label,
             high_thre=cfg.high_thre,
