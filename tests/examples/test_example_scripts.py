@@ -1,0 +1,86 @@
+"""The example scripts end to end on a tiny synthetic VOC (subprocesses, CPU, offline)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mcc.data import make_synthetic_voc
+from mcc.training import load_checkpoint
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+TINY = [
+    "--model", "test_vit", "--pretrained", "false", "--crop-size", "64", "--batch-size", "2",
+    "--num-workers", "0", "--device", "cpu", "--warmup-iters", "1", "--log-every", "1",
+    "--train-split", "train", "--mcc", "decoder_dim=32", "--mcc", "projector_dim=32",
+    "--mcc", "projector_hidden_dim=64", "--mcc", "seg_start_step=1",
+]  # fmt: skip
+
+
+def run(*args: str, timeout: float = 240) -> str:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, f"{args} failed:\n{done.stdout}\n{done.stderr}"
+    return done.stdout
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    return make_synthetic_voc(tmp_path_factory.mktemp("synthetic"), 6, 2, 64, seed=0)
+
+
+def test_train_voc_resume_and_evaluate(root, tmp_path):
+    work = tmp_path / "run"
+    script = str(EXAMPLES / "train_voc.py")
+    common = [sys.executable, script, "--data-root", str(root), "--work-dir", str(work), *TINY]
+    out = run(*common, "--max-iters", "3", "--stop-after", "2", "--eval-every", "0", "--save-every", "0")
+    assert "step 2/3" in out and (work / "args.yaml").is_file() and (work / "config.json").is_file()
+    assert load_checkpoint(work / "last.pt")["step"] == 2
+    out = run(*common, "--max-iters", "3", "--resume", "auto", "--eval-every", "0")
+    assert "resumed from" in out and "step 3/3" in out and "eval step 3" in out
+    assert load_checkpoint(work / "last.pt")["step"] == 3 and (work / "best.pt").is_file()
+
+    out = run(
+        sys.executable, str(EXAMPLES / "evaluate.py"), "--checkpoint", str(work / "last.pt"),
+        "--data-root", str(root), "--device", "cpu", "--scales", "1.0", "1.25", "--bkg-thre", "0.4", "0.5",
+    )  # fmt: skip
+    for label in (
+        "CAM: mIoU",
+        "cam@0.40",
+        "pseudo labels (PAR): mIoU",
+        "segmentation (scales [1.0, 1.25] + flip)",
+    ):
+        assert label in out, out
+
+
+def test_torchrun_two_processes(root, tmp_path):
+    work = tmp_path / "ddp"
+    out = run(
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=0",
+        str(EXAMPLES / "train_coco.py"), "--data-root", str(root), "--val-split", "val",
+        "--work-dir", str(work),
+        "--max-iters", "2", "--eval-every", "0", *TINY,
+    )  # fmt: skip
+    assert "world size 2" in out and "step 2/2" in out
+    assert load_checkpoint(work / "last.pt")["config"]["world_size"] == 2
+
+
+def test_yaml_config_and_command_line_precedence(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(EXAMPLES))
+    import common
+
+    config = tmp_path / "c.yaml"
+    config.write_text("data_root: somewhere\nmax_iters: 7\nlr: 1.0e-4\nmcc:\n  mask_ratio: 0.5\n")
+    args = common.parse_args(common.build_parser("coco"), ["--config", str(config), "--lr", "2e-4"])
+    assert (args.data_root, args.max_iters, args.lr, args.batch_size) == ("somewhere", 7, 2e-4, 8)
+    mcc_config = common.mcc_config(args)
+    assert mcc_config.mask_ratio == 0.5 and mcc_config.seg_start_step == 8000  # the COCO preset
+    config.write_text("data_root: x\nnot_an_option: 1\n")
+    with pytest.raises(SystemExit):
+        common.parse_args(common.build_parser("voc"), ["--config", str(config)])
+    with pytest.raises(SystemExit):
+        common.parse_args(common.build_parser("voc"), [])  # no --data-root
