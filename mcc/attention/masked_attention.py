@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -27,6 +29,7 @@ class KeyMaskedAttention(nn.Module):
         qk_norm: LayerNorm on queries and keys per head.
         attn_drop: dropout on the attention weights (training only).
         proj_drop: dropout after the output projection.
+        norm_layer: constructor of the qk-norm layers (timm's ViTs pass ``LayerNorm(eps=1e-6)``).
 
     Example:
         >>> attn = KeyMaskedAttention(64, num_heads=4)
@@ -44,6 +47,7 @@ class KeyMaskedAttention(nn.Module):
         qk_norm: bool = False,
         attn_drop: float = 0.0,
         proj_drop: float = 0.0,
+        norm_layer: Callable[[int], nn.Module] = nn.LayerNorm,
     ) -> None:
         super().__init__()
         if dim % num_heads != 0:
@@ -51,8 +55,8 @@ class KeyMaskedAttention(nn.Module):
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
-        self.q_norm = nn.LayerNorm(self.head_dim) if qk_norm else nn.Identity()
-        self.k_norm = nn.LayerNorm(self.head_dim) if qk_norm else nn.Identity()
+        self.q_norm = norm_layer(self.head_dim) if qk_norm else nn.Identity()
+        self.k_norm = norm_layer(self.head_dim) if qk_norm else nn.Identity()
         self.attn_drop = nn.Dropout(attn_drop)
         self.norm = nn.Identity()
         self.proj = nn.Linear(dim, dim)
@@ -104,6 +108,8 @@ class KeyMaskedAttention(nn.Module):
         if key_mask is not None:
             if key_mask.dtype != torch.bool:
                 raise ValueError(f"key_mask must be a bool tensor (True = dropped), got {key_mask.dtype}")
+            if key_mask.device != x.device:
+                raise ValueError(f"key_mask is on {key_mask.device} but x is on {x.device}")
             if key_mask.shape != x.shape[:2]:
                 raise ValueError(
                     f"key_mask must have shape {tuple(x.shape[:2])} (B, N), got {tuple(key_mask.shape)}"

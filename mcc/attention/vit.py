@@ -183,8 +183,8 @@ class KeyMaskedViT(nn.Module):
     def _block(self, index: int, x: torch.Tensor, key_mask, packing=None) -> torch.Tensor:
         block = self.vit.blocks[index]
         attention = self._attentions[index].attend(block.norm1(x), key_mask, packing)
-        x = x + block.drop_path1(block.ls1(attention))
-        return x + block.drop_path2(block.ls2(block.mlp(block.norm2(x))))
+        x = x + _drop_path(block.drop_path1, block.ls1(attention), packing)
+        return x + _drop_path(block.drop_path2, block.ls2(block.mlp(block.norm2(x))), packing)
 
     def _to_map(self, tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         patches = tokens[:, self.num_prefix_tokens :]
@@ -240,6 +240,20 @@ class KeyMaskedViT(nn.Module):
         starts = torch.cumsum(n_prefix + kept, dim=0) - (n_prefix + kept)
         cls = self.vit.norm(x.index_select(0, starts))
         return cls.reshape(batch, num_views, -1)
+
+
+def _drop_path(module: nn.Module, x: torch.Tensor, packing) -> torch.Tensor:
+    """Stochastic depth per view also on packed tokens, where timm's ``DropPath`` would draw per token."""
+    drop_prob = getattr(module, "drop_prob", 0.0)
+    if packing is None or not module.training or not drop_prob:
+        return module(x)
+    index, rows, length = packing
+    keep_prob = 1.0 - drop_prob
+    # One draw per view, in the order and number timm's DropPath draws them on the plain path.
+    keep = x.new_empty(rows).bernoulli_(keep_prob)
+    if keep_prob > 0.0 and getattr(module, "scale_by_keep", True):
+        keep.div_(keep_prob)
+    return x * keep[index // length, None]
 
 
 def _check_timm_vit(model: nn.Module) -> None:

@@ -106,6 +106,8 @@ def cam_to_label(
     if three_way and low_thre > high_thre:
         raise ValueError(f"low_thre ({low_thre}) must not exceed high_thre ({high_thre})")
 
+    # Compare in float32 at least: a bf16 score would round the thresholds (0.3 -> 0.30078125).
+    cam = cam.to(torch.promote_types(cam.dtype, torch.float32))
     score, cls = (cam * cls_label.to(cam.dtype)[:, :, None, None]).max(dim=1)
     label = cls + 1
     if two_way:

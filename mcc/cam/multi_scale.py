@@ -100,7 +100,7 @@ def _merge(
     maps: torch.Tensor, batch: int, size: tuple[int, int], flip: bool, device: torch.device
 ) -> torch.Tensor:
     """One scale's maps (N, C, h, w) -> (B, C, H, W): resize, merge the flipped half by max, ReLU."""
-    maps = maps.to(device=device, dtype=torch.float32)
+    maps = maps.to(device=device, dtype=torch.promote_types(maps.dtype, torch.float32))
     maps = F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
     if flip:
         maps = torch.maximum(maps[:batch], maps[batch:].flip(-1))

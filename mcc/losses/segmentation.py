@@ -39,6 +39,12 @@ def segmentation_loss(logits: torch.Tensor, label: torch.Tensor, ignore_index: i
             f"of shape {tuple(logits.shape)}, got {tuple(label.shape)}"
         )
     label = label.long()
+    num_classes = logits.shape[1]
+    # One host sync: an out-of-range class would otherwise fail deep inside cross_entropy.
+    if bool((((label < 0) | (label >= num_classes)) & (label != ignore_index)).any()):
+        raise ValueError(
+            f"`label` has values outside [0, {num_classes}) other than ignore_index={ignore_index}"
+        )
     with autocast_off(logits):
         ce = F.cross_entropy(full_precision(logits), label, ignore_index=ignore_index, reduction="none")
         background = label == 0

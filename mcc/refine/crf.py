@@ -106,7 +106,10 @@ class DenseCRF:
 
     def unary_energy(self, scores: np.ndarray) -> np.ndarray:
         """The unary term for ``scores`` of shape (C, H, W): float32, shape (C, H*W), C-contiguous."""
-        scores = np.asarray(scores, dtype=np.float64)
+        # The input's own precision (float32 at least), as pydensecrf.utils.unary_from_softmax computes it.
+        scores = np.asarray(scores)
+        if scores.dtype != np.float64:
+            scores = scores.astype(np.float32, copy=False)
         if self.unary == "softmax":
             energy = -np.log(np.clip(scores, self.clip, 1.0))
         elif self.unary == "logits":

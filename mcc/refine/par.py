@@ -39,7 +39,8 @@ class PAR(nn.Module):
 
     The affinity is computed once per call, shape (B, K, H, W), and reused by every iteration; the masks
     are propagated neighbour by neighbour from one padded copy, so no (B, C, K, H, W) tensor is ever
-    built. Everything runs in float32 (autocast is switched off inside); the result has the masks' dtype.
+    built. Everything runs in float32, float64 for float64 inputs (autocast is switched off inside); the
+    result has the masks' dtype.
 
     Args:
         dilations: neighbour distances, positive integers (published: 1, 2, 4, 8, 12, 24).
@@ -92,9 +93,9 @@ class PAR(nn.Module):
         """K, the number of neighbours of a pixel (8 per dilation)."""
         return len(self.offsets)
 
-    def position_weights(self, device=None) -> torch.Tensor:
-        """The position term ``softmax_n(-(p(n) / (std_n p + 1e-8) / w1)^2)``, shape (K,), float32."""
-        distance = torch.tensor(self.distances, dtype=torch.float32, device=device)
+    def position_weights(self, device=None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The position term ``softmax_n(-(p(n) / (std_n p + 1e-8) / w1)^2)``, shape (K,)."""
+        distance = torch.tensor(self.distances, dtype=dtype, device=device)
         return (-((distance / (distance.std() + 1e-8) / self.w1) ** 2)).softmax(0)
 
     def affinity(self, images: torch.Tensor) -> torch.Tensor:
@@ -110,7 +111,7 @@ class PAR(nn.Module):
         if images.ndim != 4:
             raise ValueError(f"images must have shape (B, 3, H, W), got {tuple(images.shape)}")
         with torch.autocast(images.device.type, enabled=False):
-            return self._affinity(images.float())
+            return self._affinity(images.to(_work_dtype(images)))
 
     def _affinity(self, images: torch.Tensor) -> torch.Tensor:
         batch, _, height, width = images.shape
@@ -138,7 +139,7 @@ class PAR(nn.Module):
         logits -= logits.amax(1, keepdim=True)
         affinity = logits.exp_()
         affinity /= affinity.sum(1, keepdim=True)
-        affinity += self.w2 * self.position_weights(images.device)[:, None, None]
+        affinity += self.w2 * self.position_weights(images.device, images.dtype)[:, None, None]
         return affinity
 
     def forward(self, images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
@@ -160,12 +161,12 @@ class PAR(nn.Module):
             raise ValueError(f"masks must have shape ({images.shape[0]}, C, h, w), got {tuple(masks.shape)}")
         size = (images.shape[-2], images.shape[-1])
         with torch.autocast(images.device.type, enabled=False):
-            refined = masks.float()
+            refined = masks.to(_work_dtype(masks))
             if refined.shape[-2:] != size:
                 refined = F.interpolate(refined, size=size, mode="bilinear", align_corners=True)
             if self.num_iter == 0:
                 return refined.to(masks.dtype)
-            affinity = self._affinity(images.float())
+            affinity = self._affinity(images.to(refined.dtype))
             pad = max(self.dilations)
             for _ in range(self.num_iter):
                 padded = F.pad(refined, [pad] * 4, mode="replicate")
@@ -176,3 +177,8 @@ class PAR(nn.Module):
                     refined.addcmul_(affinity[:, k : k + 1], _shifted(padded, pad, dy, dx, size))
                 del padded
         return refined.to(masks.dtype)
+
+
+def _work_dtype(x: torch.Tensor) -> torch.dtype:
+    # float64 stays float64 (exact checks); everything else, bf16/fp16 included, is refined in float32.
+    return torch.float64 if x.dtype == torch.float64 else torch.float32

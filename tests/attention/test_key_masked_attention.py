@@ -103,3 +103,15 @@ class TestErrors:
     def test_heads_must_divide_dim(self):
         with pytest.raises(ValueError, match="num_heads"):
             KeyMaskedAttention(10, num_heads=3)
+
+
+def test_norm_layer_argument_matches_timm_qk_norm():
+    from functools import partial
+
+    norm = partial(torch.nn.LayerNorm, eps=1e-6)
+    timm_attn = Attention(32, num_heads=4, qk_norm=True, norm_layer=norm).eval()
+    ours = KeyMaskedAttention(32, num_heads=4, qk_norm=True, norm_layer=norm)
+    ours.load_state_dict(timm_attn.state_dict())
+    assert ours.q_norm.eps == 1e-6
+    x = torch.randn(2, 5, 32)
+    torch.testing.assert_close(ours(x), timm_attn(x), rtol=1e-6, atol=1e-6)

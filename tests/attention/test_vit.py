@@ -218,3 +218,18 @@ class TestErrors:
         model = timm.create_model("test_vit", pretrained=False, class_token=False, global_pool="avg")
         with pytest.raises(ValueError, match="class token"):
             patch_vit(model)
+
+
+def test_stochastic_depth_is_drawn_per_view_on_both_paths():
+    model = build("test_vit", 160, drop_path_rate=0.5).train()
+    vit = patch_vit(model)
+    images = torch.randn(2, 3, 160, 160)
+    key_mask = ScaledBernoulliKeyMask(0.5, 2)(2, (10, 10), 3, generator=torch.Generator().manual_seed(0))
+    # The same random stream gives the same per-view decisions on the token-dropping and plain paths.
+    torch.manual_seed(11)
+    fast = vit(images, key_mask).cls
+    torch.manual_seed(11)
+    plain = vit(images, key_mask, drop_tokens=False).cls
+    torch.testing.assert_close(fast, plain, rtol=1e-4, atol=1e-5)
+    torch.manual_seed(12)
+    assert not torch.allclose(vit(images, key_mask).cls, fast)

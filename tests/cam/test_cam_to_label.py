@@ -118,3 +118,10 @@ def test_cuda():
     label = cam_to_label(cam.cuda(), cls_label.cuda(), bkg_thre=0.25, img_box=box)
     assert label.device.type == "cuda"
     assert label.tolist() == [[[0, 0, 3, 3, 255]]]
+
+
+def test_bfloat16_cam_is_compared_at_full_precision():
+    # 0.30078125 is 0.3 rounded to bf16: above the threshold 0.3, so it must stay foreground.
+    cam = torch.full((1, 1, 1, 1), 0.30078125, dtype=torch.bfloat16)
+    label = cam_to_label(cam, torch.ones(1, 1), bkg_thre=0.3)
+    assert label.item() == 1

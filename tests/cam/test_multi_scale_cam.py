@@ -146,3 +146,14 @@ def test_cuda_result_stays_on_cuda():
     assert cam.device.type == "cuda" and cam_aux.device.type == "cuda"
     expected, _ = multi_scale_cam(model.cpu(), images.cpu())
     torch.testing.assert_close(cam.cpu(), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_float64_maps_stay_float64():
+    weight = torch.randn(4, 3, dtype=torch.float64)
+
+    def cam_fn(x):
+        maps = torch.einsum("kc,bchw->bkhw", weight, F.avg_pool2d(x, 4))
+        return maps, maps
+
+    cam, cam_aux = multi_scale_cam(cam_fn, torch.rand(2, 3, 32, 24, dtype=torch.float64))
+    assert cam.dtype == cam_aux.dtype == torch.float64

@@ -101,3 +101,16 @@ def test_bad_input():
         segmentation_loss(logits, torch.zeros(2, 3, 3))
     with pytest.raises(ValueError, match="logits"):
         segmentation_loss(logits[0], torch.zeros(4, 3, dtype=torch.long))
+
+
+def test_label_out_of_range_is_a_value_error():
+    logits = torch.randn(1, 4, 3, 3)
+    label = torch.zeros(1, 3, 3, dtype=torch.long)
+    label[0, 0, 0] = 7
+    with pytest.raises(ValueError, match="label"):
+        segmentation_loss(logits, label)
+    label[0, 0, 0] = -1
+    with pytest.raises(ValueError, match="label"):
+        segmentation_loss(logits, label)
+    label[0, 0, 0] = 255
+    assert torch.isfinite(segmentation_loss(logits, label))

@@ -109,3 +109,20 @@ def test_missing_extra_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "pydensecrf.densecrf", None)
     with pytest.raises(ImportError, match=r'pip install "mcc-wsss\[crf\]"'):
         DenseCRF()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("pydensecrf") is None, reason="needs the crf extra")
+def test_matches_the_usual_pydensecrf_recipe_exactly():
+    import pydensecrf.densecrf as dcrf
+    from pydensecrf.utils import unary_from_softmax
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (20, 17, 3), dtype=np.uint8)
+    probs = rng.random((4, 20, 17)).astype(np.float32)
+    probs /= probs.sum(0, keepdims=True)
+    crf = dcrf.DenseCRF2D(17, 20, 4)
+    crf.setUnaryEnergy(unary_from_softmax(probs))
+    crf.addPairwiseGaussian(sxy=1, compat=1)
+    crf.addPairwiseBilateral(sxy=121, srgb=5, rgbim=np.ascontiguousarray(image), compat=4)
+    expected = np.array(crf.inference(10)).reshape(4, 20, 17)
+    np.testing.assert_array_equal(DenseCRF()(image, probs), expected)

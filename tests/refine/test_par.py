@@ -218,3 +218,13 @@ def test_cuda_peak_memory_has_no_per_class_unfold():
     peak_maps = (torch.cuda.max_memory_allocated() - before) / one_map
     # Affinity (48 maps) + a few copies of the 21 masks; the unfold form needs 2 * 48 * 21 maps.
     assert peak_maps < 48 + 6 * 21
+
+
+def test_float64_is_refined_in_float64():
+    generator = torch.Generator().manual_seed(4)
+    images = torch.rand(1, 3, 21, 17, generator=generator, dtype=torch.float64)
+    masks = torch.rand(1, 3, 21, 17, generator=generator, dtype=torch.float64)
+    out = PAR(dilations=(1, 2, 4), num_iter=3)(images, masks)
+    assert out.dtype == torch.float64
+    expected = reference_par(images, masks, dilations=(1, 2, 4), num_iter=3)
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
