@@ -71,4 +71,4 @@ def mixed_ratio_mask(batch: int, grid: tuple[int, int], generator: torch.Generat
 
 def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
     scale = expected.abs().max().clamp_min(1e-30)
-    return float((actual - expected).abs().max() / scale)
+    return float((actual - expected).detach().abs().max() / scale.detach())
