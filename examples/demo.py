@@ -27,7 +27,7 @@ from mcc.data import VOCSegmentation, VOCTrainViews, make_synthetic_voc
 from mcc.network import MCCConfig, MCCNet
 from mcc.training import TrainSettings, evaluate, train
 
-SWEEP = (0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6)
+SWEEP = (0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -26,6 +27,12 @@ def run(*args: str, timeout: float = 240) -> str:
     done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=timeout)
     assert done.returncode == 0, f"{args} failed:\n{done.stdout}\n{done.stderr}"
     return done.stdout
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +67,7 @@ def test_train_voc_resume_and_evaluate(root, tmp_path):
 def test_torchrun_two_processes(root, tmp_path):
     work = tmp_path / "ddp"
     out = run(
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=0",
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
         str(EXAMPLES / "train_coco.py"), "--data-root", str(root), "--val-split", "val",
         "--work-dir", str(work),
         "--max-iters", "2", "--eval-every", "0", *TINY,
