@@ -42,9 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dim", type=int, default=96)
     parser.add_argument("--depth", type=int, default=4)
     parser.add_argument("--heads", type=int, default=4)
-    parser.add_argument("--steps", type=int, default=500)
+    parser.add_argument("--steps", type=int, default=800)
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--lr", type=float, default=3e-4, help="encoder lr; heads x10 (released preset)")
+    parser.add_argument("--lr", type=float, default=6e-4, help="encoder lr; heads x10 (released preset)")
     parser.add_argument(
         "--threads",
         type=int,

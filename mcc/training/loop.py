@@ -183,7 +183,7 @@ class _Logger:
         self, context: DistributedContext, work_dir: Path, tensorboard: bool, log: Callable[[str], None]
     ):
         self.context = context
-        self.log = log if context.is_main else (lambda message: None)
+        self.log = log if context.is_main else _quiet
         self.writer = None
         if tensorboard and context.is_main:
             try:
@@ -203,6 +203,10 @@ class _Logger:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+def _quiet(message: str) -> None:
+    del message
 
 
 def _mean_over_ranks(values: list[float], context: DistributedContext) -> list[float]:
@@ -255,6 +259,8 @@ def train(
         :class:`TrainResult`.
     """
     context = context or init_distributed(device)
+    if not context.is_main:
+        log = _quiet
     device = context.device
     work_dir = Path(settings.work_dir)
     if settings.batch_size % (context.world_size * settings.accumulation_steps):
