@@ -5,7 +5,8 @@
 
 Segmentation: multi-scale (default 1.0 1.25 1.5) + flip, optionally dense CRF ``(10, 1, 1, 121, 5, 4)``
 (METHOD.md section 4). CAMs: multi-scale CAM with the ground-truth image labels, background threshold
-``--bkg-thre`` (VOC 0.5, COCO 0.45); pseudo labels: the CAMs refined by PAR against background.
+``--bkg-thre`` (VOC 0.5, COCO 0.45); pseudo labels: the CAMs refined by PAR against one background
+level (``--bkg-thre``), and the training step's three-way target scored where it labels.
 """
 
 from __future__ import annotations
@@ -75,8 +76,17 @@ def main(argv: list[str] | None = None) -> None:
         if context.is_main:
             count = len(dataset) if args.max_images is None else min(args.max_images, len(dataset))
             print(f"{args.split}: {count} images in {time.perf_counter() - tic:.1f}s")
+            labels = {
+                "cam": "CAM",
+                "pseudo": "pseudo labels (PAR)",
+                "pseudo_train": "training target (PAR, 3-way), on its labelled pixels",
+                "seg": "segmentation",
+            }
             for name, score in scores.items():
-                label = {"cam": "CAM", "pseudo": "pseudo labels (PAR)", "seg": "segmentation"}.get(name, name)
+                if name == "pseudo_train_coverage":
+                    print(f"training target labels {100 * score.pixel_accuracy:.1f} % of the pixels")
+                    continue
+                label = labels.get(name, name)
                 if name == "seg":
                     label += (
                         f" (scales {args.scales}{'' if args.no_flip else ' + flip'}{' + CRF' if crf else ''})"

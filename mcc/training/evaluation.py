@@ -56,8 +56,11 @@ def evaluate(
     * ``"cam"``: :func:`~mcc.multi_scale_cam` of the final classifier with the ground-truth image labels
       (as in WSSS practice), :func:`~mcc.cam_to_label` with ``bkg_thre`` (METHOD.md: VOC 0.5, COCO 0.45).
       With several thresholds, ``"cam"`` is the first and ``"cam@0.40"``... every one of them.
-    * ``"pseudo"``: :func:`~mcc.refine_cams_with_background` (PAR, the network's thresholds) of the same
-      CAMs, i.e. the training step's segmentation label; its uncertain pixels count as background.
+    * ``"pseudo"``: :func:`~mcc.refine_cams_with_background` (PAR) of the same CAMs with one background
+      level, the first ``bkg_thre`` (``low_thre = high_thre``): a complete label, comparable with ``"cam"``.
+    * ``"pseudo_train"``: the training step's segmentation target (the network's ``low_thre`` and
+      ``high_thre``), scored on the pixels it labels; ``"pseudo_train_coverage"``: its ``pixel_accuracy``
+      is the fraction of (non-ignored) pixels that target labels.
     * ``"seg"``: :meth:`~mcc.MCCNet.segment` with ``seg_scales`` and ``flip``, then optionally ``crf``
       (e.g. :class:`~mcc.DenseCRF` ``(10, 1, 1, 121, 5, 4)``) on the softmax.
 
@@ -95,6 +98,7 @@ def evaluate(
     device = torch.device(device)
     config = net.config
     matrices: dict[str, ConfusionMatrix] = {}
+    coverage = ConfusionMatrix(2, config.ignore_index, device=device)  # labelled (1) or not (0)
 
     def score(name: str, prediction: torch.Tensor, target: torch.Tensor) -> None:
         if name not in matrices:
@@ -139,23 +143,37 @@ def evaluate(
                             if len(thresholds) > 1:
                                 score(f"cam@{thre:.2f}", label, mask)
                     if pseudo_labels:
-                        rgb = (image * net.pixel_std + net.pixel_mean).clamp(0, 1)
-                        pseudo = refine_cams_with_background(
-                            net.par,
-                            rgb,
-                            cam,
-                            cls_label,
-                            high_thre=config.high_thre,
-                            low_thre=config.low_thre,
-                            ignore_index=config.ignore_index,
-                            down_scale=config.par_down_scale,
-                        )
-                        score("pseudo", pseudo.masked_fill(pseudo == config.ignore_index, 0), mask)
+                        rgb = net.denormalize(image)
+                        # One background level (a complete label, comparable with the CAM label) and the
+                        # training target's two levels (scored where it commits, and how much it covers).
+                        levels = {
+                            "pseudo": (thresholds[0],) * 2,
+                            "train": (config.low_thre, config.high_thre),
+                        }
+                        refined = {
+                            key: refine_cams_with_background(
+                                net.par,
+                                rgb,
+                                cam,
+                                cls_label,
+                                high_thre=high,
+                                low_thre=low,
+                                ignore_index=config.ignore_index,
+                                down_scale=config.par_down_scale,
+                            )
+                            for key, (low, high) in levels.items()
+                        }
+                        score("pseudo", refined["pseudo"], mask)
+                        target = refined["train"]
+                        labelled = target != config.ignore_index
+                        score("pseudo_train", target, mask.masked_fill(~labelled, config.ignore_index))
+                        valid = mask != config.ignore_index
+                        coverage_target = torch.where(valid, 1, config.ignore_index)
+                        coverage.update(labelled.long(), coverage_target)
                 if segmentation:
                     logits = net.segment(image, seg_scales, flip).float()
                     if crf is not None:
-                        rgb = (image * net.pixel_std + net.pixel_mean).clamp(0, 1)
-                        rgb8 = (rgb[0].permute(1, 2, 0) * 255).round().byte().cpu().numpy()
+                        rgb8 = (net.denormalize(image)[0].permute(1, 2, 0) * 255).round().byte().cpu().numpy()
                         probs = crf(np.ascontiguousarray(rgb8), logits[0].softmax(0).cpu().numpy())
                         prediction = torch.from_numpy(np.asarray(probs)).argmax(0).unsqueeze(0)
                     else:
@@ -168,7 +186,7 @@ def evaluate(
     if cams:
         names += ["cam"] + ([f"cam@{t:.2f}" for t in thresholds] if len(thresholds) > 1 else [])
     if pseudo_labels:
-        names.append("pseudo")
+        names += ["pseudo", "pseudo_train"]
     if segmentation:
         names.append("seg")
     results = {}
@@ -176,4 +194,7 @@ def evaluate(
         matrix = matrices.get(name) or ConfusionMatrix(num_classes, config.ignore_index, device=device)
         matrix.all_reduce()
         results[name] = matrix.compute()
+    if pseudo_labels:
+        coverage.all_reduce()
+        results["pseudo_train_coverage"] = coverage.compute()
     return results
