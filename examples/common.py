@@ -104,6 +104,12 @@ def build_parser(dataset: str) -> argparse.ArgumentParser:
     run.add_argument("--stop-after", type=int, default=None, help="stop after N steps (resume later)")
     run.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     run.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA)")
+    run.add_argument(
+        "--dist-timeout",
+        type=float,
+        default=1800.0,
+        help="seconds a rank waits in a collective before failing",
+    )
     run.add_argument("--log-every", type=int, default=50)
     run.add_argument("--eval-every", type=int, default=d["eval_every"], help="0: only at the end")
     run.add_argument("--eval-max-images", type=int, default=None)
@@ -184,7 +190,7 @@ def write_args(args: argparse.Namespace, work_dir: Path) -> None:
 def main(dataset: str, argv: list[str] | None = None) -> None:
     """Parses the command line and trains (the body of the two training scripts)."""
     args = parse_args(build_parser(dataset), argv)
-    context = init_distributed(args.device)
+    context = init_distributed(args.device, timeout_s=args.dist_timeout)
     try:
         seed_everything(args.seed)  # same seed on every rank: DDP also broadcasts rank 0's weights
         config = mcc_config(args)
