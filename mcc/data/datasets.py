@@ -32,7 +32,26 @@ def seed_worker(worker_id: int) -> None:
     np.random.seed(seed % 2**32)  # noqa: NPY002 - seeding the legacy global state is the point
 
 
-class VOCSegmentation(Dataset):
+class _RootDataset(Dataset):
+    """What both datasets expose of their :class:`DatasetRoot` (``self.data``)."""
+
+    data: DatasetRoot
+
+    @property
+    def ids(self) -> list[str]:
+        return self.data.ids
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.data.class_names
+
+    @property
+    def num_classes(self) -> int:
+        """C, including background."""
+        return self.data.num_classes
+
+
+class VOCSegmentation(_RootDataset):
     """Images with their masks, e.g. for validation or for scoring pseudo labels.
 
     Args:
@@ -68,19 +87,6 @@ class VOCSegmentation(Dataset):
         self.labels = self.data.image_labels() if masks else None
         self.normalize_images = normalize_images
 
-    @property
-    def ids(self) -> list[str]:
-        return self.data.ids
-
-    @property
-    def class_names(self) -> list[str]:
-        return self.data.class_names
-
-    @property
-    def num_classes(self) -> int:
-        """C, including background."""
-        return self.data.num_classes
-
     def __len__(self) -> int:
         return len(self.data.ids)
 
@@ -99,7 +105,7 @@ class VOCSegmentation(Dataset):
         return sample
 
 
-class VOCTrainViews(Dataset):
+class VOCTrainViews(_RootDataset):
     """The three training views of MCC (METHOD.md section 2) with the image-level label.
 
     * ``x``: rescale by a factor in ``scale_range``, horizontal flip, ``crop_size`` crop with zero padding
@@ -191,19 +197,6 @@ class VOCTrainViews(Dataset):
         self.seed = seed
         self.epoch = 0
         self.return_mask = return_mask
-
-    @property
-    def ids(self) -> list[str]:
-        return self.data.ids
-
-    @property
-    def class_names(self) -> list[str]:
-        return self.data.class_names
-
-    @property
-    def num_classes(self) -> int:
-        """C, including background."""
-        return self.data.num_classes
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch's views when ``seed`` is set (like ``DistributedSampler.set_epoch``)."""
