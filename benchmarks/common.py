@@ -8,6 +8,7 @@ step (activations, gradients and the allocator's caches).
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import resource
@@ -35,14 +36,29 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure(step: Callable[[], None], device: torch.device, *, warmup: int = 1, repeats: int = 5) -> dict:
-    """Median wall time of ``step`` and its peak memory above the memory held before the first call."""
+def memory_mark(device: torch.device, *, after_peak: bool = False) -> float:
+    """A baseline (MB) for :func:`peak_above`.
+
+    CUDA: resets the peak counter and returns the memory allocated now. CPU: the resident size now, or
+    with ``after_peak`` the peak so far (so that an earlier part's peak is not counted again).
+    """
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
-    else:
-        base = current_rss_mb()
+        return torch.cuda.memory_allocated(device) / 2**20
+    return peak_rss_mb() if after_peak else current_rss_mb()
+
+
+def peak_above(mark: float, device: torch.device) -> float:
+    """Peak memory (MB) since :func:`memory_mark` above its baseline."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20 - mark
+    return peak_rss_mb() - mark
+
+
+def measure(step: Callable[[], None], device: torch.device, *, warmup: int = 1, repeats: int = 5) -> dict:
+    """Median wall time of ``step`` and its peak memory above the memory held before the first call."""
+    mark = memory_mark(device)
     for _ in range(warmup):
         step()
     times = []
@@ -52,11 +68,28 @@ def measure(step: Callable[[], None], device: torch.device, *, warmup: int = 1, 
         step()
         synchronize(device)
         times.append(time.perf_counter() - start)
-    if device.type == "cuda":
-        peak = (torch.cuda.max_memory_allocated(device) - base) / 2**20
-    else:
-        peak = peak_rss_mb() - base
-    return {"median_s": statistics.median(times), "peak_mb": peak, "times_s": times}
+    return {"median_s": statistics.median(times), "peak_mb": peak_above(mark, device), "times_s": times}
+
+
+def add_common_arguments(parser, *, batch: int, repeats: int) -> None:
+    """The options both benchmarks take, and the hidden ones their child processes get."""
+    parser.add_argument("--model", default="deit_tiny_patch16_224")
+    parser.add_argument("--size", type=int, default=448)
+    parser.add_argument("--batch", type=int, default=batch)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--amp", action="store_true", help="bf16 autocast")
+    parser.add_argument("--repeats", type=int, default=repeats)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--path", choices=["fast", "plain"], help=argparse.SUPPRESS)
+    parser.add_argument("--ratio", type=float, help=argparse.SUPPRESS)
+
+
+def child_arguments(args, names: tuple[str, ...] = ()) -> list[str]:
+    """The command line that passes the common options (and ``names``) on to a child process."""
+    keys = ("model", "size", "batch", "device", "repeats", "warmup", "threads", *names)
+    return [f"--{key}={getattr(args, key)}" for key in keys] + (["--amp"] if args.amp else [])
 
 
 def run_child(script: str, args: list[str]) -> dict:

@@ -15,7 +15,7 @@ import os
 
 import timm
 import torch
-from common import environment, measure, run_child
+from common import add_common_arguments, child_arguments, environment, measure, run_child
 
 from mcc.attention import ScaledBernoulliKeyMask, patch_vit
 
@@ -49,19 +49,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--model", default="deit_tiny_patch16_224")
-    parser.add_argument("--size", type=int, default=448)
-    parser.add_argument("--batch", type=int, default=2)
+    add_common_arguments(parser, batch=2, repeats=5)
     parser.add_argument("--views", type=int, default=8)
     parser.add_argument("--ratios", type=float, nargs="+", default=[0.5, 0.75, 0.95])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--amp", action="store_true", help="bf16 autocast")
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--path", choices=["fast", "plain"], help=argparse.SUPPRESS)
-    parser.add_argument("--ratio", type=float, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -69,16 +59,7 @@ def main() -> None:
         print(json.dumps(child(args)))
         return
 
-    shared = [
-        f"--model={args.model}",
-        f"--size={args.size}",
-        f"--batch={args.batch}",
-        f"--views={args.views}",
-        f"--device={args.device}",
-        f"--repeats={args.repeats}",
-        f"--warmup={args.warmup}",
-        f"--threads={args.threads}",
-    ] + (["--amp"] if args.amp else [])
+    shared = child_arguments(args, ("views",))
     print(
         f"masked views: {args.model} at {args.size}, B={args.batch}, V={args.views}, forward+backward, "
         f"{'bf16 autocast' if args.amp else 'float32'}; {environment()}"

@@ -26,7 +26,15 @@ import time
 
 import timm
 import torch
-from common import current_rss_mb, environment, peak_rss_mb, run_child, synchronize
+from common import (
+    add_common_arguments,
+    child_arguments,
+    environment,
+    memory_mark,
+    peak_above,
+    run_child,
+    synchronize,
+)
 
 from mcc.network import MCCConfig, MCCNet
 
@@ -92,45 +100,24 @@ def time_child(args: argparse.Namespace) -> dict:
 
 def memory_child(args: argparse.Namespace) -> dict:
     device, labels, grad_part = setup(args, args.ratio)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
-    else:
-        base = current_rss_mb()
     if args.part == "labels":
+        mark = memory_mark(device)
         labels()
     else:
-        # The labels' own peak is not counted: it is measured by the "labels" child.
         made = labels()
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-            base = torch.cuda.memory_allocated(device)
-        else:
-            base = max(base, peak_rss_mb())
+        # The labels' own peak is not counted: it is measured by the "labels" child.
+        mark = memory_mark(device, after_peak=True)
         grad_part(made, args.path == "fast")
-    if device.type == "cuda":
-        return {"peak_mb": (torch.cuda.max_memory_allocated(device) - base) / 2**20}
-    return {"peak_mb": peak_rss_mb() - base}
+    return {"peak_mb": peak_above(mark, device)}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--model", default="deit_tiny_patch16_224")
-    parser.add_argument("--size", type=int, default=448)
-    parser.add_argument("--batch", type=int, default=1)
+    add_common_arguments(parser, batch=1, repeats=7)
     parser.add_argument("--ratios", type=float, nargs="+", default=[0.75, 0.95])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--amp", action="store_true", help="bf16 autocast")
-    parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--path", choices=["fast", "plain"], help=argparse.SUPPRESS)
     parser.add_argument("--part", choices=["time", "labels", "grad"], help=argparse.SUPPRESS)
-    parser.add_argument("--ratio", type=float, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -138,15 +125,7 @@ def main() -> None:
         print(json.dumps(time_child(args) if args.part == "time" else memory_child(args)))
         return
 
-    shared = [
-        f"--model={args.model}",
-        f"--size={args.size}",
-        f"--batch={args.batch}",
-        f"--device={args.device}",
-        f"--repeats={args.repeats}",
-        f"--warmup={args.warmup}",
-        f"--threads={args.threads}",
-    ] + (["--amp"] if args.amp else [])
+    shared = child_arguments(args)
     print(
         f"MCC training step: {args.model} at {args.size}, batch {args.batch}, 8 masked views, "
         f"{'bf16 autocast' if args.amp else 'float32'}, {args.repeats} interleaved repeats; {environment()}"
