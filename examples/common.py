@@ -27,7 +27,7 @@ from mcc.training import (
     train,
 )
 
-# The published runs (METHOD.md section 2).
+# The published runs (docs/method.md section 2).
 DATASET_DEFAULTS = {
     "voc": dict(
         train_split="train_aug", val_split="val", max_iters=20000, batch_size=4, eval_every=2000, bkg_thre=0.5

@@ -4,7 +4,7 @@
     torchrun --nproc_per_node=4 examples/evaluate.py --checkpoint ... --data-root ...  # images split
 
 Segmentation: multi-scale (default 1.0 1.25 1.5) + flip, optionally dense CRF ``(10, 1, 1, 121, 5, 4)``
-(METHOD.md section 4). CAMs: multi-scale CAM with the ground-truth image labels, background threshold
+(docs/method.md section 4). CAMs: multi-scale CAM with the ground-truth image labels, background threshold
 ``--bkg-thre`` (VOC 0.5, COCO 0.45); pseudo labels: the CAMs refined by PAR against one background
 level (``--bkg-thre``), and the training step's three-way target scored where it labels.
 """

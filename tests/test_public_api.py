@@ -1,4 +1,4 @@
-"""The names of ../shared/design/API.md are exported from the top level, documented, and nothing else is."""
+"""The contract names are exported from the top level, documented, and nothing else is."""
 
 import inspect
 

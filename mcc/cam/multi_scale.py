@@ -1,4 +1,4 @@
-"""Multi-scale, flip-augmented class activation maps (METHOD.md step 2, the ToCo/AFA recipe)."""
+"""Multi-scale, flip-augmented class activation maps (docs/method.md section 2, step 2; ToCo/AFA)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Convert COCO 2014 instance annotations into a VOC-layout root that :class:`~mcc.data.VOCSegmentation`
 and :class:`~mcc.data.VOCTrainViews` read.
 
-Output (METHOD.md section 6)::
+Output (docs/method.md section 6)::
 
     out/
         JPEGImages/train2014/COCO_train2014_<12 digits>.jpg    (links to, or copies of, the COCO images)

@@ -106,7 +106,7 @@ class VOCSegmentation(_RootDataset):
 
 
 class VOCTrainViews(_RootDataset):
-    """The three training views of MCC (METHOD.md section 2) with the image-level label.
+    """The three training views of MCC (docs/method.md section 2) with the image-level label.
 
     * ``x``: rescale by a factor in ``scale_range``, horizontal flip, ``crop_size`` crop with zero padding
       (after normalisation, so padding is the mean colour), then ``x_photometric``.

@@ -118,7 +118,7 @@ def sample_crop_geometry(
     flip_p: float,
     generator: torch.Generator,
 ) -> CropGeometry:
-    """Draw the geometry of the main view ``x``: random rescale, flip, crop (METHOD.md section 2).
+    """Draw the geometry of the main view ``x``: random rescale, flip, crop (docs/method.md section 2).
 
     A side longer than ``crop_size`` is cropped at a uniform offset; a shorter side is placed at a uniform
     offset inside the window and the rest padded.
@@ -171,7 +171,7 @@ def sample_resized_crop(
 class PhotometricAugment:
     """Colour jitter, grayscale, Gaussian blur and solarize on an RGB PIL image; never moves a pixel.
 
-    The defaults are those of ``x`` in METHOD.md section 2 (DINO's first global view): jitter
+    The defaults are those of ``x`` in docs/method.md section 2 (DINO's first global view): jitter
     (brightness, contrast, saturation, hue) = (0.4, 0.4, 0.2, 0.1) with p = 0.8 in random order,
     grayscale p = 0.2, blur p = 1 with sigma in [0.1, 2.0], no solarize.
 

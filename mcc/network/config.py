@@ -13,9 +13,10 @@ __all__ = ["MCCConfig"]
 class MCCConfig:
     """Hyper-parameters of the MCC objective and its training schedule.
 
-    Two presets: :meth:`released` reproduces the authors' published code (the numbers of METHOD.md
-    section 5), :meth:`paper` follows the paper's text where it differs. Sources: "paper" = the MCC paper
-    (Sec. IV-A unless noted), "code" = the published MCC/ToCo code, as recorded in METHOD.md.
+    Two presets: :meth:`released` reproduces the authors' published code (the numbers of
+    docs/method.md section 5), :meth:`paper` follows the paper's text where it differs. Sources:
+    "paper" = the MCC paper (Sec. IV-A unless noted), "code" = the published MCC/ToCo code, as recorded
+    in docs/method.md section 7.
 
     Attributes:
         aux_layer: block whose tokens feed the auxiliary classifier, Python index (-3 = 10th of 12;

@@ -1,4 +1,4 @@
-"""The single-stage MCC network (ToCo-style) and its training step (METHOD.md sections 1-3)."""
+"""The single-stage MCC network (ToCo-style) and its training step (docs/method.md sections 1-3)."""
 
 from __future__ import annotations
 
@@ -173,14 +173,17 @@ class MCCNet(nn.Module):
     def multi_scale_cams(
         self, images: torch.Tensor, scales: Sequence[float] | None = None, flip: bool = True
     ):
-        """Multi-scale + flip CAMs ``(cam, cam_aux)``, each (B, C, H, W) in [0, 1] (METHOD.md step 2)."""
+        """Multi-scale + flip CAMs ``(cam, cam_aux)``, each (B, C, H, W) in [0, 1].
+
+        docs/method.md section 2, step 2.
+        """
         return multi_scale_cam(self.cams, images, scales or self.config.cam_scales, flip)
 
     @torch.no_grad()
     def segment(
         self, images: torch.Tensor, scales: Sequence[float] = (1.0,), flip: bool = False
     ) -> torch.Tensor:
-        """Segmentation logits (B, C+1, H, W) at the input size, multi-scale and flip (METHOD.md section 4).
+        """Segmentation logits (B, C+1, H, W) at the input size, multi-scale, flip (docs/method.md section 4).
 
         Each scale resizes the images to the nearest multiple of the patch size; logits are upsampled to
         (H, W), summed over the flips and maximised over the scales (VOC evaluation: 1.0, 1.25, 1.5 + flip).
@@ -214,7 +217,9 @@ class MCCNet(nn.Module):
         key_mask: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
     ) -> MCCLabels:
-        """Everything a training step derives from the CAMs, without gradient (METHOD.md steps 2-4, 8, 9).
+        """Everything a training step derives from the CAMs, without gradient.
+
+        docs/method.md section 2, steps 2-4, 8, 9.
 
         Args:
             x: main crops, (B, 3, H, W), normalised with ``pixel_mean``/``pixel_std``.
@@ -280,7 +285,7 @@ class MCCNet(nn.Module):
         fast: bool = True,
         labels: MCCLabels | None = None,
     ) -> MCCLosses:
-        """Computes one training step's losses (METHOD.md section 2); call ``.total.backward()`` after.
+        """Computes one training step's losses (docs/method.md section 2); call ``.total.backward()`` after.
 
         Updates the teacher projector once (EMA, before use), as the published code does at every step.
 
@@ -295,7 +300,7 @@ class MCCNet(nn.Module):
             key_mask: dropped keys of the V local views, bool (B, V, h*w); drawn with the config's
                 :class:`~mcc.attention.ScaledBernoulliKeyMask` and ``generator`` when None.
             generator: random source of the key masks.
-            fast: use the exact shortcuts of METHOD.md section 3 (teacher tokens = detached student global
+            fast: the exact shortcuts of docs/method.md section 3 (teacher tokens = detached student global
                 tokens, first global view = the main forward, token dropping for the masked views).
                 ``fast=False`` runs every pass separately, as published; both give the same losses and
                 gradients up to float rounding.

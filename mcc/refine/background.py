@@ -1,4 +1,7 @@
-"""Segmentation pseudo labels: CAMs + two background levels, refined by PAR (ToCo, METHOD.md step 9)."""
+"""Segmentation pseudo labels: CAMs + two background levels, refined by PAR.
+
+ToCo; docs/method.md section 2, step 9.
+"""
 
 from __future__ import annotations
 

@@ -50,11 +50,12 @@ def evaluate(
 ) -> dict[str, SegmentationScores]:
     """mIoU of the CAM labels, the refined pseudo labels and the segmentation on a labelled split.
 
-    Every image is scored at its own size (METHOD.md section 4). Inputs whose sides are not multiples of
+    Every image is scored at its own size (docs/method.md section 4). Inputs whose sides are not multiples of
     the patch size are resized to the nearest multiple for the network; maps and logits are resized back.
 
     * ``"cam"``: :func:`~mcc.multi_scale_cam` of the final classifier with the ground-truth image labels
-      (as in WSSS practice), :func:`~mcc.cam_to_label` with ``bkg_thre`` (METHOD.md: VOC 0.5, COCO 0.45).
+      (as in WSSS practice), :func:`~mcc.cam_to_label` with ``bkg_thre`` (VOC 0.5,
+      COCO 0.45; docs/method.md section 4).
       With several thresholds, ``"cam"`` is the first and ``"cam@0.40"``... every one of them.
     * ``"pseudo"``: :func:`~mcc.refine_cams_with_background` (PAR) of the same CAMs with one background
       level, the first ``bkg_thre`` (``low_thre = high_thre``): a complete label, comparable with ``"cam"``.

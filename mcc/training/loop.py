@@ -50,7 +50,7 @@ class TrainSettings:
         seed: seed of the batch order and of the key masks (the data's own seed is separate).
         num_workers: DataLoader workers per rank.
         amp: bf16 autocast on CUDA (ignored, with a message, elsewhere).
-        fast: the exact shortcuts of the training step (METHOD.md section 3).
+        fast: the exact shortcuts of the training step (docs/method.md section 3).
         find_unused_parameters: passed to DDP.
         log_every: steps between log lines (and tensorboard points).
         eval_every: steps between evaluations (0: only at the end); needs a validation set.
@@ -228,7 +228,7 @@ def train(
     extra_config: dict[str, Any] | None = None,
     log: Callable[[str], None] = print,
 ) -> TrainResult:
-    """Trains ``net`` with MCC (METHOD.md section 2): AdamW, poly warm-up schedule, optional DDP and bf16.
+    """Trains ``net`` with MCC (docs/method.md section 2): AdamW, poly warm-up lr, optional DDP and bf16.
 
     Every step draws a global batch from :class:`StepBatchSampler` (order a pure function of
     ``settings.seed`` and the epoch), sets ``lr = poly_warmup_lr(step) x lr_scale`` per parameter group,

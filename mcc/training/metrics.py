@@ -1,4 +1,4 @@
-"""Confusion-matrix mIoU (METHOD.md section 4), accumulable over batches and across DDP ranks."""
+"""Confusion-matrix mIoU (docs/method.md section 4), accumulable over batches and across DDP ranks."""
 
 from __future__ import annotations
 

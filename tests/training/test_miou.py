@@ -1,4 +1,4 @@
-"""Confusion-matrix mIoU (METHOD.md section 4) against hand-computed values."""
+"""Confusion-matrix mIoU (docs/method.md section 4) against hand-computed values."""
 
 from __future__ import annotations
 
