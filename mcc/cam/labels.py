@@ -68,7 +68,8 @@ def cam_to_label(
 
     Args:
         cam: class activation maps, shape (B, C, h, w), e.g. min-max normalised to [0, 1].
-        cls_label: multi-hot image labels over foreground classes, shape (B, C).
+        cls_label: multi-hot image labels over foreground classes, shape (B, C). A zero row (an image
+            with no foreground class) has score 0 everywhere: background wherever the threshold is >= 0.
         bkg_thre: background threshold of the two-way label.
         low_thre: background threshold of the three-way label (beta_bg, paper: 0.25).
         high_thre: foreground threshold of the three-way label (beta_fg, paper: 0.7), >= ``low_thre``.

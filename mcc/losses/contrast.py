@@ -32,7 +32,8 @@ def positive_views(
     Args:
         cam: class activation maps at token resolution, shape (B, C, h, w), values in [0, 1]
             (the paper uses the auxiliary CAM).
-        cls_label: multi-hot image labels over foreground classes, shape (B, C).
+        cls_label: multi-hot image labels over foreground classes, shape (B, C). A zero row (no
+            foreground class) scores 0 on every token, so all of that image's views are negative.
         key_mask: dropped keys of each view, shape (B, V, h*w), bool, True = dropped.
         low_thre: background threshold beta_bg.
         high_thre: foreground threshold beta_fg.

@@ -223,7 +223,8 @@ class MCCNet(nn.Module):
 
         Args:
             x: main crops, (B, 3, H, W), normalised with ``pixel_mean``/``pixel_std``.
-            cls_label: multi-hot image labels, (B, C).
+            cls_label: multi-hot image labels, (B, C); a zero row (an image with no foreground class) is
+                background wherever its CAM labels say so and its local views are all negative.
             img_box: valid region of each crop, (B, 4) rows ``(y0, y1, x0, x1)`` in pixels, end exclusive;
                 outside it nothing is supervised. None = whole crop.
             step: optimiser steps already taken (selects the CAM that judges positiveness).
@@ -293,7 +294,8 @@ class MCCNet(nn.Module):
             x: main crops, (B, 3, H, W), normalised with ``pixel_mean``/``pixel_std``.
             v1: second global views, (B, 3, H1, W1).
             v2: local views geometrically aligned with ``x`` (same crop and flip), (B, 3, H, W).
-            cls_label: multi-hot image labels, (B, C).
+            cls_label: multi-hot image labels, (B, C); a zero row (an image with no foreground class) is
+                background wherever its CAM labels say so and its local views are all negative.
             img_box: valid region of each crop, (B, 4) rows ``(y0, y1, x0, x1)`` in pixels, end exclusive;
                 outside it nothing is supervised. None = whole crop.
             step: optimiser steps already taken (drives the schedule switches of the config).

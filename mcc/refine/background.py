@@ -40,13 +40,15 @@ def refine_cams_with_background(
     image affinity is computed once. Only classes present in at least one image of the batch are
     refined; within an image an absent class gets a logit of -inf, i.e. probability exactly 0, which
     equals removing it (PAR only mixes a class with itself, so it stays 0 and never wins the argmax).
+    An image with no foreground class (a zero row of ``cls_label``, a negative image) is therefore
+    background (0) everywhere inside its box, also when no image of the batch has a class.
 
     Args:
         par: the refinement, ``par(images, masks) -> masks``, e.g. :class:`~mcc.refine.PAR`
             (published: dilations 1, 2, 4, 8, 12, 24 and 10 iterations).
         images: the images PAR looks at, shape (B, 3, H, W), e.g. de-normalised RGB in [0, 1].
         cams: foreground CAMs, shape (B, C, h, w) at any resolution, e.g. min-max normalised.
-        cls_label: multi-hot image labels, shape (B, C); nonzero = present.
+        cls_label: multi-hot image labels, shape (B, C); nonzero = present; rows may be all zero.
         high_thre: background level whose result gives the foreground (paper: beta_fg = 0.7).
         low_thre: second background level (paper: beta_bg = 0.25).
         img_box: valid region of each image, shape (B, 4), rows ``(y0, y1, x0, x1)`` in pixels of
@@ -92,6 +94,11 @@ def refine_cams_with_background(
     present = torch.cat([cls_label.new_ones(batch, 1), cls_label], dim=1).to(device) != 0  # (B, 1+C)
     class_ids = present.any(0).nonzero()[:, 0]  # background + classes present anywhere in the batch
     absent = ~present[:, class_ids, None, None]  # (B, K, 1, 1)
+    if class_ids.numel() == 1:
+        # No image has a foreground class: the softmax over background alone is 1 everywhere and PAR
+        # (a convex combination of neighbours) keeps it so, i.e. background at both levels.
+        label = torch.zeros(batch, height, width, dtype=torch.long, device=device)
+        return label if inside is None else label.masked_fill(~inside, ignore_index)
 
     with torch.autocast(device.type, enabled=False):
         small_images = F.interpolate(images.float(), size=small, mode="bilinear", align_corners=False)
