@@ -1,13 +1,14 @@
 """mcc.losses: the training objectives of MCC and the projection heads they need.
 
 * token affinity (Eq. 11-12): :func:`affinity_labels`, :func:`affinity_loss`;
-* segmentation: :func:`segmentation_loss`;
+* segmentation: :func:`segmentation_loss` and the regularised (dense-CRF) loss :func:`dense_energy_loss`;
 * masked collaborative contrast (Eq. 8-10): :func:`positive_views`, :class:`MomentumProjector`,
   :func:`mcc_infonce`.
 """
 
 from .affinity import affinity_labels, affinity_loss
 from .contrast import mcc_infonce, positive_views
+from .energy import dense_energy_loss
 from .projector import MomentumProjector
 from .segmentation import segmentation_loss
 
@@ -15,6 +16,7 @@ __all__ = [
     "MomentumProjector",
     "affinity_labels",
     "affinity_loss",
+    "dense_energy_loss",
     "mcc_infonce",
     "positive_views",
     "segmentation_loss",
