@@ -1,4 +1,4 @@
-"""Command-line programs of mcc-wsss, installed as console scripts and runnable as ``python -m mcc.cli.<name>``.
+"""Command-line programs of mcc-wsss: console scripts, also runnable as ``python -m mcc.cli.<name>``.
 
 * ``mcc-train-voc`` / ``mcc-train-coco`` (:mod:`mcc.cli.train`): training, single process or ``torchrun``;
 * ``mcc-evaluate`` (:mod:`mcc.cli.evaluate`): scores of a checkpoint, predictions, test-server files;

@@ -6,6 +6,7 @@ Library code only (no argument parsing); the scripts in ``examples/`` put a comm
 from mcc.training.checkpoint import (
     CheckpointError,
     load_checkpoint,
+    net_from_checkpoint,
     rng_state,
     save_checkpoint,
     set_rng_state,
@@ -14,6 +15,16 @@ from mcc.training.distributed import DistributedContext, cleanup_distributed, in
 from mcc.training.evaluation import evaluate
 from mcc.training.loop import TrainResult, TrainSettings, resolve_resume, train
 from mcc.training.metrics import ConfusionMatrix, SegmentationScores, segmentation_scores
+from mcc.training.outputs import (
+    check_split_files,
+    evaluate_to_dir,
+    make_server_archive,
+    read_label_png,
+    save_label_png,
+    scores_record,
+    select_ids,
+)
+from mcc.training.pseudo_labels import make_pseudo_labels
 from mcc.training.sampler import StepBatchSampler
 from mcc.training.vit import build_vit
 
@@ -26,14 +37,23 @@ __all__ = [
     "TrainResult",
     "TrainSettings",
     "build_vit",
+    "check_split_files",
     "cleanup_distributed",
     "evaluate",
+    "evaluate_to_dir",
     "init_distributed",
     "load_checkpoint",
+    "make_pseudo_labels",
+    "make_server_archive",
+    "net_from_checkpoint",
+    "read_label_png",
     "resolve_resume",
     "rng_state",
     "save_checkpoint",
+    "save_label_png",
+    "scores_record",
     "segmentation_scores",
+    "select_ids",
     "set_rng_state",
     "train",
 ]

@@ -11,7 +11,14 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["CheckpointError", "load_checkpoint", "rng_state", "save_checkpoint", "set_rng_state"]
+__all__ = [
+    "CheckpointError",
+    "load_checkpoint",
+    "net_from_checkpoint",
+    "rng_state",
+    "save_checkpoint",
+    "set_rng_state",
+]
 
 
 class CheckpointError(RuntimeError):
@@ -97,6 +104,60 @@ def load_checkpoint(
     if not isinstance(state, dict):
         raise CheckpointError(f"checkpoint {path} holds a {type(state).__name__}, expected a dict")
     return state
+
+
+def net_from_checkpoint(
+    checkpoint: str | os.PathLike | dict[str, Any], map_location: str | torch.device | None = "cpu"
+):
+    """Rebuilds the :class:`~mcc.MCCNet` a training checkpoint describes and loads its weights.
+
+    Works with the checkpoints of :func:`~mcc.training.train` when its ``extra_config`` names the timm
+    encoder (``"model"``, and ``"crop_size"``), as the training commands (``mcc-train-voc``,
+    ``mcc-train-coco``) write them. The encoder is built with random weights (no download), then the
+    checkpoint's weights are loaded strictly.
+
+    Args:
+        checkpoint: a checkpoint file, or the dict :func:`load_checkpoint` returned.
+        map_location: where the tensors are loaded when ``checkpoint`` is a path.
+
+    Returns:
+        the network, on ``map_location``'s device (CPU by default), in training mode.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        CheckpointError: the file is not readable, or the checkpoint does not describe its network (no
+            ``config`` record with ``mcc``, ``num_classes`` and the encoder name), or its weights do not
+            fit the network it describes.
+
+    Example:
+        >>> net = net_from_checkpoint("work_dirs/mcc_voc/best.pt").eval()  # doctest: +SKIP
+    """
+    from mcc.network import MCCConfig, MCCNet
+    from mcc.training.vit import build_vit
+
+    name = "the checkpoint"
+    if not isinstance(checkpoint, dict):
+        name = f"checkpoint {checkpoint}"
+        checkpoint = load_checkpoint(checkpoint, map_location=map_location)
+    record = checkpoint.get("config") or {}
+    extra = record.get("extra") or {}
+    missing = [key for key in ("mcc", "num_classes") if key not in record]
+    if "model" not in extra:
+        missing.append("extra.model")
+    if missing or "model" not in checkpoint:
+        raise CheckpointError(
+            f"{name} does not describe its network (missing: {', '.join(missing or ['model'])}); "
+            "it must come from mcc.training.train with extra_config={'model': <timm name>, 'crop_size': N}, "
+            "as mcc-train-voc / mcc-train-coco write it"
+        )
+    mcc = {k: tuple(v) if isinstance(v, list) else v for k, v in record["mcc"].items()}
+    vit = build_vit(extra["model"], pretrained=False, img_size=extra.get("crop_size", 448))
+    net = MCCNet(vit, record["num_classes"], MCCConfig(**mcc))
+    try:
+        net.load_state_dict(checkpoint["model"])
+    except RuntimeError as error:
+        raise CheckpointError(f"{name}: its weights do not fit the network it describes: {error}") from error
+    return net.to(map_location) if isinstance(map_location, str | torch.device) else net
 
 
 def rng_state() -> dict[str, Any]:

@@ -28,6 +28,24 @@ def _to_patch_multiple(images: torch.Tensor, patch: tuple[int, int]) -> torch.Te
     return F.interpolate(images, size=size, mode="bilinear", align_corners=False)
 
 
+def _segment(
+    net: MCCNet,
+    image: torch.Tensor,
+    scales: Sequence[float],
+    flip: bool,
+    crf: Callable[[np.ndarray, np.ndarray], np.ndarray] | None,
+) -> torch.Tensor:
+    """(1, H, W) class indices of :meth:`MCCNet.segment`, after ``crf`` on the softmax when given."""
+    logits = net.segment(image, scales, flip).float()
+    if crf is None:
+        return logits.argmax(1)
+    rgb8 = (net.denormalize(image)[0].permute(1, 2, 0) * 255).round().byte().cpu().numpy()
+    probs = crf(np.ascontiguousarray(rgb8), logits[0].softmax(0).cpu().numpy())
+    if isinstance(probs, torch.Tensor):  # a CRF running in torch (e.g. on the GPU)
+        return probs.argmax(0).unsqueeze(0).to(image.device)
+    return torch.from_numpy(np.asarray(probs)).argmax(0).unsqueeze(0).to(image.device)
+
+
 @torch.no_grad()
 def evaluate(
     net: MCCNet,
@@ -47,6 +65,7 @@ def evaluate(
     world_size: int = 1,
     autocast_dtype: torch.dtype | None = None,
     progress: bool = False,
+    on_image: Callable[[int, dict, dict[str, torch.Tensor]], None] | None = None,
 ) -> dict[str, SegmentationScores]:
     """mIoU of the CAM labels, the refined pseudo labels and the segmentation on a labelled split.
 
@@ -60,7 +79,8 @@ def evaluate(
     * ``"pseudo"``: :func:`~mcc.refine_cams_with_background` (PAR) of the same CAMs with one background
       level, the first ``bkg_thre`` (``low_thre = high_thre``): a complete label, comparable with ``"cam"``.
     * ``"pseudo_train"``: the training step's segmentation target (the network's ``low_thre`` and
-      ``high_thre``), scored on the pixels it labels; ``"pseudo_train_coverage"``: its ``pixel_accuracy``
+      ``high_thre``; PAR-refined, or the thresholded CAM when ``config.seg_target == "cam"``), scored on the
+      pixels it labels; ``"pseudo_train_coverage"``: its ``pixel_accuracy``
       is the fraction of (non-ignored) pixels that target labels.
     * ``"seg"``: :meth:`~mcc.MCCNet.segment` with ``seg_scales`` and ``flip``, then optionally ``crf``
       (e.g. :class:`~mcc.DenseCRF` ``(10, 1, 1, 121, 5, 4)``) on the softmax.
@@ -84,9 +104,23 @@ def evaluate(
         rank, world_size: this process's share of the images.
         autocast_dtype: run the network under CUDA autocast with this dtype (e.g. ``torch.bfloat16``).
         progress: show a tqdm bar on rank 0 (when tqdm is installed).
+        on_image: called after every image of this rank as ``on_image(index, sample, outputs)`` with
+            the dataset index, the sample and the maps computed for it, each for the whole image at its
+            own size, on ``device``: ``"cam"`` (C, H, W) float CAMs, ``"cam_label"`` (H, W) the CAM label
+            at the first ``bkg_thre``, ``"pseudo"`` and ``"pseudo_train"`` (H, W), ``"seg"`` (H, W) the
+            segmentation (class indices, after the CRF when given). :func:`~mcc.training.evaluate_to_dir`
+            writes files with it.
+
+    A dataset without ground truth (e.g. :class:`~mcc.data.VOCSegmentation` with ``masks=False``, VOC
+    ``test``) can only be segmented: pass ``cams=False, pseudo_labels=False``; nothing is scored, the
+    result is empty and ``on_image`` receives the predictions.
 
     Returns:
         dict of :class:`~mcc.training.SegmentationScores` with the keys above.
+
+    Raises:
+        ValueError: no threshold, a class count that differs from the network's, or CAM / pseudo-label
+            scores asked of a dataset without ground truth.
     """
     thresholds = [bkg_thre] if isinstance(bkg_thre, int | float) else list(bkg_thre)
     if not thresholds:
@@ -95,6 +129,12 @@ def evaluate(
     if num_classes != net.num_classes + 1:
         raise ValueError(
             f"dataset has {num_classes} classes (background included), the network {net.num_classes} + 1"
+        )
+    has_truth = getattr(dataset, "labels", True) is not None
+    if not has_truth and (cams or pseudo_labels):
+        raise ValueError(
+            "dataset has no ground truth (no masks, no image labels): CAMs and pseudo labels need the image "
+            "labels; pass cams=False and pseudo_labels=False to segment only"
         )
     device = torch.device(device)
     config = net.config
@@ -128,12 +168,23 @@ def evaluate(
         for index in indices:
             sample = dataset[index]
             image = sample["image"].unsqueeze(0).to(device)
+            outputs: dict[str, torch.Tensor] = {}
+            if "mask" not in sample:  # no ground truth: segmentation only, nothing scored
+                if segmentation:
+                    with torch.autocast(
+                        device.type, dtype=autocast_dtype or torch.bfloat16, enabled=use_autocast
+                    ):
+                        outputs["seg"] = _segment(net, image, seg_scales, flip, crf)[0]
+                if on_image is not None:
+                    on_image(index, sample, outputs)
+                continue
             mask = sample["mask"].unsqueeze(0).to(device)
             cls_label = sample["cls_label"].unsqueeze(0).to(device)
             with torch.autocast(device.type, dtype=autocast_dtype or torch.bfloat16, enabled=use_autocast):
                 if cams or pseudo_labels:
                     cam, _ = multi_scale_cam(cam_fn, image, cam_scales or config.cam_scales, True)
                     cam = cam.float()
+                    outputs["cam"] = cam[0]
                     if cams:
                         for i, thre in enumerate(thresholds):
                             label = cam_to_label(
@@ -141,6 +192,7 @@ def evaluate(
                             )
                             if i == 0:
                                 score("cam", label, mask)
+                                outputs["cam_label"] = label[0]
                             if len(thresholds) > 1:
                                 score(f"cam@{thre:.2f}", label, mask)
                     if pseudo_labels:
@@ -166,20 +218,26 @@ def evaluate(
                         }
                         score("pseudo", refined["pseudo"], mask)
                         target = refined["train"]
+                        if config.seg_target == "cam":  # the no-PAR knock-out trains on the CAM label
+                            target = cam_to_label(
+                                cam,
+                                cls_label,
+                                low_thre=config.low_thre,
+                                high_thre=config.high_thre,
+                                ignore_index=config.ignore_index,
+                            )
+                        outputs["pseudo"], outputs["pseudo_train"] = refined["pseudo"][0], target[0]
                         labelled = target != config.ignore_index
                         score("pseudo_train", target, mask.masked_fill(~labelled, config.ignore_index))
                         valid = mask != config.ignore_index
                         coverage_target = torch.where(valid, 1, config.ignore_index)
                         coverage.update(labelled.long(), coverage_target)
                 if segmentation:
-                    logits = net.segment(image, seg_scales, flip).float()
-                    if crf is not None:
-                        rgb8 = (net.denormalize(image)[0].permute(1, 2, 0) * 255).round().byte().cpu().numpy()
-                        probs = crf(np.ascontiguousarray(rgb8), logits[0].softmax(0).cpu().numpy())
-                        prediction = torch.from_numpy(np.asarray(probs)).argmax(0).unsqueeze(0)
-                    else:
-                        prediction = logits.argmax(1)
+                    prediction = _segment(net, image, seg_scales, flip, crf)
                     score("seg", prediction, mask)
+                    outputs["seg"] = prediction[0]
+            if on_image is not None:
+                on_image(index, sample, outputs)
     finally:
         net.train(was_training)
 
@@ -191,6 +249,8 @@ def evaluate(
     if segmentation:
         names.append("seg")
     results = {}
+    if not has_truth:
+        return results
     for name in names:  # fixed order: every rank joins the same collectives even with no images
         matrix = matrices.get(name) or ConfusionMatrix(num_classes, config.ignore_index, device=device)
         matrix.all_reduce()

@@ -91,18 +91,20 @@ def test_torchrun_two_processes(root, tmp_path):
     assert load_checkpoint(work / "last.pt")["config"]["world_size"] == 2
 
 
-def test_yaml_config_and_command_line_precedence(tmp_path, monkeypatch):
-    monkeypatch.syspath_prepend(str(EXAMPLES))
-    import common
+def test_yaml_config_and_command_line_precedence(tmp_path):
+    from mcc.cli import train as cli
 
     config = tmp_path / "c.yaml"
-    config.write_text("data_root: somewhere\nmax_iters: 7\nlr: 1.0e-4\nmcc:\n  mask_ratio: 0.5\n")
-    args = common.parse_args(common.build_parser("coco"), ["--config", str(config), "--lr", "2e-4"])
+    config.write_text("data_root: somewhere\nmax_iters: 7\nlr: 1.0e-4\nwarmup_iters: 2\nmcc:\n  mask_ratio: 0.5\n")
+    args = cli.parse_args(cli.build_parser("coco"), ["--config", str(config), "--lr", "2e-4"])
     assert (args.data_root, args.max_iters, args.lr, args.batch_size) == ("somewhere", 7, 2e-4, 8)
-    mcc_config = common.mcc_config(args)
-    assert mcc_config.mask_ratio == 0.5 and mcc_config.seg_start_step == 8000  # the COCO preset
+    mcc_config = cli.mcc_config(args)
+    from mcc.network import MCCConfig
+
+    coco = MCCConfig.released("coco")
+    assert mcc_config.mask_ratio == 0.5 and mcc_config.seg_start_step == coco.seg_start_step
     config.write_text("data_root: x\nnot_an_option: 1\n")
     with pytest.raises(SystemExit):
-        common.parse_args(common.build_parser("voc"), ["--config", str(config)])
+        cli.parse_args(cli.build_parser("voc"), ["--config", str(config)])
     with pytest.raises(SystemExit):
-        common.parse_args(common.build_parser("voc"), [])  # no --data-root
+        cli.parse_args(cli.build_parser("voc"), [])  # no --data-root

@@ -1,0 +1,363 @@
+"""Training command line (timm ``train.py`` style): ``mcc-train-voc`` and ``mcc-train-coco``.
+
+    mcc-train-voc --data-root VOCdevkit/VOC2012 --pretrained-file deit_base.pth
+    torchrun --nproc_per_node=4 -m mcc.cli.train voc --data-root VOCdevkit/VOC2012 --amp
+    python -m mcc.cli.train coco --data-root coco_voc_layout --max-iters 8000 --schedule scaled
+
+Argument defaults (the published run of the dataset), optionally replaced by a YAML file (``--config``),
+then by the command line; the resolved arguments are written to ``<work-dir>/args.yaml`` next to the
+checkpoints. The work is done by :func:`mcc.training.train`; see docs/training.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import random
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mcc.data import VOCSegmentation, VOCTrainViews
+from mcc.network import MCCConfig, MCCNet
+from mcc.training import (
+    TrainSettings,
+    build_vit,
+    cleanup_distributed,
+    init_distributed,
+    train,
+)
+
+__all__ = [
+    "DATASET_DEFAULTS",
+    "build_parser",
+    "main",
+    "main_coco",
+    "main_voc",
+    "mcc_config",
+    "parse_args",
+    "str2bool",
+]
+
+# The published runs (docs/method.md section 2); ``max_iters`` is also the base of ``--schedule scaled``.
+DATASET_DEFAULTS = {
+    "voc": dict(
+        train_split="train_aug", val_split="val", max_iters=20000, batch_size=4, eval_every=2000, bkg_thre=0.5
+    ),
+    "coco": dict(
+        train_split="train",
+        val_split="val_part",
+        max_iters=80000,
+        batch_size=8,
+        eval_every=8000,
+        bkg_thre=0.45,
+    ),
+}
+WARMUP_ITERS = 1500  # published warm-up of both datasets
+
+
+def str2bool(text: str) -> bool:
+    """``argparse`` type of boolean options: 1/0, true/false, yes/no, on/off."""
+    lowered = str(text).lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected a boolean, got {text!r}")
+
+
+def _mcc_override(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"--mcc expects KEY=VALUE, got {text!r}")
+    key, value = text.split("=", 1)
+    import yaml
+
+    return key.strip(), yaml.safe_load(value)
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Shows every option's default and keeps the description's line breaks."""
+
+
+def build_parser(dataset: str) -> argparse.ArgumentParser:
+    """The training command line with the published defaults of ``dataset`` ("voc" or "coco")."""
+    if dataset not in DATASET_DEFAULTS:
+        raise ValueError(f"dataset must be one of {sorted(DATASET_DEFAULTS)}, got {dataset!r}")
+    d = DATASET_DEFAULTS[dataset]
+    parser = argparse.ArgumentParser(
+        prog=f"mcc-train-{dataset}",
+        description=f"Train MCC on {dataset.upper()} (single process, or torchrun --nproc_per_node=N).",
+        formatter_class=HelpFormatter,
+    )
+    parser.add_argument("--config", default=None, help="YAML file of argument defaults (keys as below)")
+    data = parser.add_argument_group("data")
+    data.add_argument("--data-root", default=None, help="dataset root in VOC layout (docs/data.md); required")
+    data.add_argument("--train-split", default=d["train_split"], help="split list of the training images")
+    data.add_argument("--val-split", default=d["val_split"], help="'' for no evaluation during training")
+    data.add_argument("--crop-size", type=int, default=448, help="side of the training crops, pixels")
+    data.add_argument("--num-workers", type=int, default=4, help="DataLoader workers per process")
+    data.add_argument("--data-seed", type=int, default=0, help="seed of the random training views")
+
+    model = parser.add_argument_group("model")
+    model.add_argument("--model", default="deit_base_patch16_224", help="timm ViT name")
+    model.add_argument(
+        "--pretrained", type=str2bool, default=True, help="ImageNet weights (timm hub or --pretrained-file)"
+    )
+    model.add_argument("--pretrained-file", default=None, help="local weights file: no download")
+    model.add_argument("--preset", choices=("released", "paper"), default="released", help="MCCConfig preset")
+    model.add_argument(
+        "--mcc", type=_mcc_override, action="append", default=[], metavar="KEY=VALUE",
+        help="override an MCCConfig field, e.g. --mcc mask_ratio=0.75 (repeatable)",
+    )  # fmt: skip
+
+    schedule = parser.add_argument_group("schedule")
+    schedule.add_argument("--max-iters", type=int, default=d["max_iters"], help="optimiser steps")
+    schedule.add_argument(
+        "--schedule",
+        choices=("published", "scaled"),
+        default="published",
+        help=(
+            "'published': the step switches as published (warm-up, start of the segmentation loss, "
+            f"final-CAM positives); 'scaled': those switches times --max-iters / {d['max_iters']} "
+            "(for shorter or longer runs; --mcc values are applied after scaling)"
+        ),
+    )
+    schedule.add_argument(
+        "--batch-size", type=int, default=d["batch_size"], help="global, over all processes"
+    )
+    schedule.add_argument("--accumulation-steps", type=int, default=1, help="micro-batches per process")
+    schedule.add_argument("--lr", type=float, default=6e-5, help="encoder lr (heads x head_lr_scale)")
+    schedule.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay")
+    schedule.add_argument(
+        "--warmup-iters",
+        type=int,
+        default=WARMUP_ITERS,
+        help="linear warm-up steps; must be below --max-iters (scaled too with --schedule scaled)",
+    )
+    schedule.add_argument("--seed", type=int, default=0, help="seed of the model, batch order and key masks")
+
+    run = parser.add_argument_group("run")
+    run.add_argument("--work-dir", default=f"work_dirs/mcc_{dataset}", help="checkpoints, config and logs")
+    run.add_argument("--resume", default=None, help="checkpoint path, or 'auto' (<work-dir>/last.pt if any)")
+    run.add_argument("--stop-after", type=int, default=None, help="stop after N steps (resume later)")
+    run.add_argument("--device", default=None, help="cuda or cpu (None: cuda when available)")
+    run.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA)")
+    run.add_argument(
+        "--dist-timeout",
+        type=float,
+        default=1800.0,
+        help="seconds a rank waits in a collective before failing",
+    )
+    run.add_argument("--log-every", type=int, default=50, help="steps between log lines")
+    run.add_argument("--eval-every", type=int, default=d["eval_every"], help="0: only at the end")
+    run.add_argument("--eval-max-images", type=int, default=None, help="score only the first N val images")
+    run.add_argument("--bkg-thre", type=float, default=d["bkg_thre"], help="CAM background threshold")
+    run.add_argument("--save-every", type=int, default=2000, help="steps between writes of last.pt")
+    run.add_argument("--best-metric", choices=("seg", "cam"), default="seg", help="mIoU that picks best.pt")
+    run.add_argument("--tensorboard", action="store_true", help="log to <work-dir>/tb")
+    parser.set_defaults(dataset=dataset)
+    return parser
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> argparse.Namespace:
+    """Defaults < YAML file of ``--config`` < command line; checks what argparse alone cannot."""
+    config_parser = argparse.ArgumentParser(add_help=False)
+    config_parser.add_argument("--config", default=None)
+    known, _ = config_parser.parse_known_args(argv)
+    if known.config:
+        import yaml
+
+        path = Path(known.config)
+        if not path.is_file():
+            parser.error(f"--config: file not found: {path}")
+        values = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(values, dict):
+            parser.error(f"--config: {path} must hold a mapping of argument names to values")
+        values = {key.replace("-", "_"): value for key, value in values.items()}
+        valid = {action.dest for action in parser._actions}
+        unknown = sorted(set(values) - valid)
+        if unknown:
+            parser.error(f"--config: unknown keys in {path}: {', '.join(unknown)}")
+        if isinstance(values.get("mcc"), dict):
+            values["mcc"] = list(values["mcc"].items())
+        parser.set_defaults(**values)
+    args = parser.parse_args(argv)
+    if not args.data_root:
+        parser.error("--data-root is required (on the command line or in --config)")
+    if args.max_iters < 1:
+        parser.error(f"--max-iters must be >= 1, got {args.max_iters}")
+    warmup = warmup_iters(args)
+    if warmup >= args.max_iters:
+        parser.error(
+            f"--warmup-iters {warmup} is not below --max-iters {args.max_iters}: the run would end inside "
+            "the warm-up at a tiny learning rate. Pass --schedule scaled (the published schedule scaled "
+            "to --max-iters) or a smaller --warmup-iters."
+        )
+    return args
+
+
+def schedule_factor(args: argparse.Namespace) -> float:
+    """``max_iters / published max_iters`` with ``--schedule scaled``, else 1."""
+    if getattr(args, "schedule", "published") != "scaled":
+        return 1.0
+    return args.max_iters / DATASET_DEFAULTS[args.dataset]["max_iters"]
+
+
+def warmup_iters(args: argparse.Namespace) -> int:
+    """The warm-up length the run uses (``--warmup-iters``, scaled with ``--schedule scaled``)."""
+    factor = schedule_factor(args)
+    return args.warmup_iters if factor == 1.0 else int(round(args.warmup_iters * factor))
+
+
+def mcc_config(args: argparse.Namespace) -> MCCConfig:
+    """The preset of ``args.preset`` for ``args.dataset``, scaled by ``--schedule``, with ``--mcc`` overrides.
+
+    Raises:
+        ValueError: an ``--mcc`` key that is not an :class:`~mcc.MCCConfig` field (the message names it).
+    """
+    overrides = dict(args.mcc)
+    fields = {f.name for f in dataclasses.fields(MCCConfig)}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise ValueError(f"--mcc: unknown MCCConfig fields: {', '.join(unknown)}")
+    overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
+    config = getattr(MCCConfig, args.preset)(args.dataset)
+    factor = schedule_factor(args)
+    if factor != 1.0:
+        switch = config.final_cam_positives_from
+        config = dataclasses.replace(
+            config,
+            seg_start_step=int(round(config.seg_start_step * factor)),
+            final_cam_positives_from=None if switch is None else int(round(switch * factor)),
+        )
+    return dataclasses.replace(config, **overrides)
+
+
+def schedule_warnings(config: MCCConfig, max_iters: int) -> list[str]:
+    """One line per step switch of ``config`` that lies at or beyond the end of a ``max_iters`` run."""
+    lines = []
+    if config.seg_start_step >= max_iters:
+        lines.append(
+            f"seg_start_step {config.seg_start_step} >= --max-iters {max_iters}: the segmentation decoder "
+            "is never trained (use --schedule scaled or --mcc seg_start_step=N)"
+        )
+    switch = config.final_cam_positives_from
+    if switch is not None and config.positive_cam != "final" and switch >= max_iters:
+        lines.append(
+            f"final_cam_positives_from {switch} >= --max-iters {max_iters}: the final CAM never judges "
+            "positiveness (use --schedule scaled or --mcc final_cam_positives_from=N)"
+        )
+    return lines
+
+
+def seed_everything(seed: int) -> None:
+    """Seeds Python's ``random``, NumPy's global state and torch."""
+    random.seed(seed)
+    np.random.seed(seed)  # noqa: NPY002 - the global state is what third-party code draws from
+    torch.manual_seed(seed)
+
+
+def write_args(args: argparse.Namespace, work_dir: Path) -> None:
+    """Writes the resolved arguments to ``work_dir/args.yaml`` (usable as ``--config``)."""
+    import yaml
+
+    work_dir.mkdir(parents=True, exist_ok=True)
+    values = {k: (dict(v) if k == "mcc" else v) for k, v in vars(args).items()}
+    (work_dir / "args.yaml").write_text(yaml.safe_dump(values, sort_keys=True))
+
+
+def main(dataset: str, argv: list[str] | None = None) -> None:
+    """Parses the command line and trains (the body of ``mcc-train-voc`` and ``mcc-train-coco``)."""
+    parser = build_parser(dataset)
+    args = parse_args(parser, argv)
+    try:
+        config = mcc_config(args)
+    except ValueError as error:
+        parser.error(str(error))
+    context = init_distributed(args.device, timeout_s=args.dist_timeout)
+    try:
+        seed_everything(args.seed)  # same seed on every rank: DDP also broadcasts rank 0's weights
+        train_set = VOCTrainViews(
+            args.data_root, args.train_split, crop_size=args.crop_size, seed=args.data_seed
+        )
+        val_set = VOCSegmentation(args.data_root, args.val_split) if args.val_split else None
+        vit = build_vit(args.model, args.pretrained, args.pretrained_file, img_size=args.crop_size)
+        net = MCCNet(vit, train_set.num_classes - 1, config)
+        settings = TrainSettings(
+            work_dir=args.work_dir,
+            max_iters=args.max_iters,
+            batch_size=args.batch_size,
+            accumulation_steps=args.accumulation_steps,
+            base_lr=args.lr,
+            weight_decay=args.weight_decay,
+            warmup_iters=warmup_iters(args),
+            seed=args.seed,
+            num_workers=args.num_workers,
+            amp=args.amp,
+            log_every=args.log_every,
+            eval_every=args.eval_every if val_set is not None else 0,
+            eval_max_images=args.eval_max_images,
+            eval_bkg_thre=args.bkg_thre,
+            save_every=args.save_every,
+            best_metric=args.best_metric,
+            resume=args.resume,
+            stop_after=args.stop_after,
+            tensorboard=args.tensorboard,
+        )
+        if context.is_main:
+            write_args(args, Path(args.work_dir))
+            print(
+                f"{dataset}: {len(train_set)} training images, "
+                f"world size {context.world_size}, {context.device}"
+            )
+            if args.schedule == "scaled":
+                print(
+                    f"schedule scaled to {args.max_iters} steps: warm-up {settings.warmup_iters}, "
+                    f"segmentation loss from {config.seg_start_step}, "
+                    f"final-CAM positives from {config.final_cam_positives_from}"
+                )
+            for line in schedule_warnings(config, args.max_iters):
+                print(f"warning: {line}", file=sys.stderr)
+        extra = {"model": args.model, "crop_size": args.crop_size, "dataset": dataset, "args": vars(args)}
+        result = train(
+            net,
+            train_set,
+            settings,
+            val_set=val_set,
+            context=context,
+            extra_config=json.loads(json.dumps(extra, default=str)),
+        )
+        if context.is_main:
+            best = "none" if result.best is None else f"{100 * result.best[0]:.2f} at step {result.best[1]}"
+            print(
+                f"done: {result.step} steps, best {settings.best_metric} mIoU {best}, "
+                f"files in {args.work_dir}"
+            )
+    finally:
+        cleanup_distributed()
+        sys.stdout.flush()
+
+
+def main_voc(argv: list[str] | None = None) -> None:
+    """Console script ``mcc-train-voc``."""
+    main("voc", argv)
+
+
+def main_coco(argv: list[str] | None = None) -> None:
+    """Console script ``mcc-train-coco``."""
+    main("coco", argv)
+
+
+def _module_main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in DATASET_DEFAULTS:
+        sys.exit("usage: python -m mcc.cli.train {voc,coco} [options]   (python -m mcc.cli.train voc --help)")
+    main(argv[0], argv[1:])
+
+
+if __name__ == "__main__":
+    _module_main()
