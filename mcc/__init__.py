@@ -5,7 +5,7 @@ refinement, the MCC losses, and the network and training step assembled from the
 """
 
 from mcc.attention import KeyMaskedAttention, KeyMaskedViT, ScaledBernoulliKeyMask, ViTTokens, patch_vit
-from mcc.cam import cam_to_label, multi_scale_cam
+from mcc.cam import CAMExtractor, cam_to_label, extract_cams, multi_scale_cam
 from mcc.losses import (
     MomentumProjector,
     affinity_labels,
@@ -22,6 +22,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "PAR",
+    "CAMExtractor",
     "DenseCRF",
     "KeyMaskedAttention",
     "KeyMaskedViT",
@@ -36,6 +37,7 @@ __all__ = [
     "affinity_labels",
     "affinity_loss",
     "cam_to_label",
+    "extract_cams",
     "mcc_infonce",
     "multi_scale_cam",
     "patch_vit",
