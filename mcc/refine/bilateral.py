@@ -1,0 +1,122 @@
+"""The bilateral filter of the regularised loss (rloss), on the permutohedral lattice, in PyTorch."""
+
+from __future__ import annotations
+
+import math
+from numbers import Real
+
+import torch
+
+from mcc.refine.permutohedral import PermutohedralLattice
+
+__all__ = ["bilateral_filter", "bilateral_features"]
+
+
+def _check_sigma(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value) or not value > 0:
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
+def bilateral_features(image: torch.Tensor, sigma_rgb: float, sigma_xy: float) -> torch.Tensor:
+    """Per-pixel features ``(x/sigma_xy, y/sigma_xy, r/sigma_rgb, g/sigma_rgb, b/sigma_rgb)``.
+
+    Computed as the rloss extension computes them: standard deviations rounded to float32 first, then a
+    float32 division (no reciprocal), pixels in row-major order (x the column, y the row).
+
+    Args:
+        image: RGB image, shape (B, 3, H, W), float.
+        sigma_rgb: colour standard deviation, > 0.
+        sigma_xy: spatial standard deviation in pixels, > 0.
+
+    Returns:
+        features, shape (B, H*W, 5), in the image's dtype.
+    """
+    batch, _, height, width = image.shape
+    dtype, device = image.dtype, image.device
+    # 0-dim tensors rather than Python scalars: CUDA would divide by a scalar through its reciprocal.
+    s_xy = torch.tensor(sigma_xy, dtype=torch.float32).to(dtype=dtype, device=device)
+    s_rgb = torch.tensor(sigma_rgb, dtype=torch.float32).to(dtype=dtype, device=device)
+    x = torch.arange(width, dtype=dtype, device=device) / s_xy
+    y = torch.arange(height, dtype=dtype, device=device) / s_xy
+    xy = torch.stack([x.view(1, width).expand(height, width), y.view(height, 1).expand(height, width)], -1)
+    rgb = (image / s_rgb).permute(0, 2, 3, 1).reshape(batch, height * width, 3)
+    return torch.cat([xy.reshape(1, height * width, 2).expand(batch, -1, -1), rgb], dim=-1)
+
+
+def bilateral_filter(
+    image: torch.Tensor, values: torch.Tensor, sigma_rgb: float, sigma_xy: float
+) -> torch.Tensor:
+    """Bilateral (Gaussian in position and colour) filter of ``values`` guided by ``image``.
+
+    The permutohedral-lattice approximation (Adams, Baek & Davis 2010) of
+
+        out_i = sum_j exp(-|p_i - p_j|^2 / (2 sigma_xy^2) - |I_i - I_j|^2 / (2 sigma_rgb^2)) v_j
+
+    exactly as the compiled ``bilateralfilter`` extension of the regularised loss (rloss, Tang et al.
+    2018) computes it, the self term j = i included and without normalisation: features
+    ``(x/sigma_xy, y/sigma_xy, r/sigma_rgb, g/sigma_rgb, b/sigma_rgb)``, its blur weights, alpha,
+    rounding and summation order. In float32 on the CPU the result equals that extension's bit for bit
+    on the images we tested (see ``docs/crf.md``). The lattice's normalisation is its own, so the output
+    is the sum above times a constant of order ``(2 pi)^(5/2) / (d+1)``-ish, not the sum itself; the
+    relative values are what the loss uses.
+
+    Each image has its own lattice; all channels share it. Runs on any device; float64 inputs are
+    computed in float64 (for tests), anything else in float32.
+
+    Args:
+        image: guide image, RGB in 0-255, shape (B, 3, H, W), float.
+        values: what to filter, shape (B, K, H, W), float, same B, H, W and device as ``image``.
+        sigma_rgb: colour standard deviation (0-255 units), > 0.
+        sigma_xy: spatial standard deviation in pixels, > 0.
+
+    Returns:
+        filtered values, shape (B, K, H, W), dtype of ``values`` (float32 unless float64).
+        Differentiable with respect to ``values`` (not ``image``).
+
+    Raises:
+        ValueError: wrong shapes, dtypes or devices, or a standard deviation that is not > 0.
+
+    Example:
+        >>> image = torch.rand(2, 3, 24, 32) * 255
+        >>> probs = torch.softmax(torch.randn(2, 4, 24, 32), dim=1)
+        >>> bilateral_filter(image, probs, sigma_rgb=15.0, sigma_xy=50.0).shape
+        torch.Size([2, 4, 24, 32])
+    """
+    if not isinstance(image, torch.Tensor) or image.ndim != 4 or image.shape[1] != 3:
+        raise ValueError(f"image must be a tensor of shape (B, 3, H, W), got {_describe(image)}")
+    if not isinstance(values, torch.Tensor) or values.ndim != 4:
+        raise ValueError(f"values must be a tensor of shape (B, K, H, W), got {_describe(values)}")
+    if not image.is_floating_point():
+        raise ValueError(f"image must be a floating-point tensor (RGB in 0-255), got {image.dtype}")
+    if not values.is_floating_point():
+        raise ValueError(f"values must be a floating-point tensor, got {values.dtype}")
+    batch, channels, height, width = values.shape
+    if (image.shape[0], image.shape[2], image.shape[3]) != (batch, height, width):
+        raise ValueError(
+            f"image (B, 3, H, W) = {tuple(image.shape)} and values (B, K, H, W) = {tuple(values.shape)} "
+            "must have the same B, H, W"
+        )
+    if min(batch, channels, height, width) < 1:
+        raise ValueError(f"values must have B, K, H, W >= 1, got {tuple(values.shape)}")
+    if image.device != values.device:
+        raise ValueError(
+            f"image and values must be on the same device, got {image.device} and {values.device}"
+        )
+    sigma_rgb = _check_sigma("sigma_rgb", sigma_rgb)
+    sigma_xy = _check_sigma("sigma_xy", sigma_xy)
+    if not bool(torch.isfinite(image).all()):
+        raise ValueError("image must be finite")
+
+    dtype = torch.float64 if values.dtype == torch.float64 else torch.float32
+    features = bilateral_features(image.detach().to(dtype), sigma_rgb, sigma_xy)
+    lattice = PermutohedralLattice(features)
+    flat = values.to(dtype).permute(0, 2, 3, 1).reshape(batch, height * width, channels)
+    out = lattice.filter(flat)
+    return out.view(batch, height, width, channels).permute(0, 3, 1, 2).contiguous()
+
+
+def _describe(value: object) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"tensor of shape {tuple(value.shape)}"
+    return type(value).__name__

@@ -1,0 +1,235 @@
+"""bilateral_filter and the permutohedral lattice: contract, properties, and a brute-force Gaussian filter.
+
+The lattice approximates ``c * sum_j exp(-|f_i - f_j|^2 / 2) v_j`` only coarsely (the price of its linear
+cost); the bounds below were measured on these inputs (float64) and leave some margin:
+* the lattice matrix W (one-hot responses) against the best multiple c * G of the exact Gaussian matrix:
+  c in 0.43-0.60 and relative Frobenius error 0.14-0.22;
+* |W - W^T|_F / |W|_F: up to 0.16 (blurs along different axes do not commute where lattice points are
+  missing); the blur in reverse order gives W^T exactly.
+"""
+
+import math
+
+import pytest
+import torch
+
+from mcc.refine import PermutohedralLattice, bilateral_filter
+from mcc.refine.bilateral import bilateral_features
+
+
+def smooth_image(batch, height, width, seed=0, dtype=torch.float64):
+    """RGB 0-255 with slowly varying colours (where the lattice is most accurate)."""
+    g = torch.Generator().manual_seed(seed)
+    yy, xx = torch.meshgrid(
+        torch.linspace(0, 1, height, dtype=dtype), torch.linspace(0, 1, width, dtype=dtype), indexing="ij"
+    )
+    phase = torch.rand(batch, 3, 1, 1, generator=g, dtype=dtype) * 6
+    return 127.5 + 100 * torch.sin(3 * xx + 2 * yy + phase) * torch.cos(2 * yy - xx + phase)
+
+
+def random_image(batch, height, width, seed=0, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (batch, 3, height, width), generator=g).to(dtype)
+
+
+def lattice_matrix(image, sigma_rgb, sigma_xy, reverse=False):
+    """The filter as an (N, N) matrix: column j is the response to the one-hot image at pixel j."""
+    _, _, height, width = image.shape
+    n = height * width
+    features = bilateral_features(image, sigma_rgb, sigma_xy)
+    lattice = PermutohedralLattice(features)
+    eye = torch.eye(n, dtype=image.dtype).unsqueeze(0)
+    return lattice.filter(eye, reverse=reverse)[0]
+
+
+def gaussian_matrix(image, sigma_rgb, sigma_xy):
+    features = bilateral_features(image, sigma_rgb, sigma_xy)[0]
+    return torch.exp(-(torch.cdist(features, features) ** 2) / 2)
+
+
+# ---- contract ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(1, 1, 5, 7), (2, 3, 13, 11), (3, 2, 8, 8)])
+def test_shapes_and_dtypes(shape, dtype):
+    batch, channels, height, width = shape
+    image = random_image(batch, height, width, dtype=dtype)
+    values = torch.rand(shape, dtype=dtype)
+    out = bilateral_filter(image, values, 15.0, 50.0)
+    assert out.shape == shape and out.dtype == dtype and torch.isfinite(out).all()
+    assert (out > 0).all()
+
+
+def test_float32_and_float64_agree():
+    image = random_image(2, 17, 19)
+    values = torch.rand(2, 3, 17, 19, dtype=torch.float64)
+    out64 = bilateral_filter(image, values, 15.0, 50.0)
+    out32 = bilateral_filter(image.float(), values.float(), 15.0, 50.0)
+    assert (out32.double() - out64).abs().max() / out64.abs().max() < 1e-4
+
+
+def test_batch_and_channels_are_independent():
+    image = random_image(3, 11, 14)
+    values = torch.rand(3, 4, 11, 14)
+    out = bilateral_filter(image.float(), values, 5.0, 3.0)
+    for b in range(3):
+        for k in range(4):
+            single = bilateral_filter(image[b : b + 1].float(), values[b : b + 1, k : k + 1], 5.0, 3.0)
+            assert torch.equal(single[0, 0], out[b, k])
+
+
+def test_gradient_is_the_transposed_filter():
+    image = smooth_image(1, 9, 10)
+    values = torch.rand(1, 2, 9, 10, dtype=torch.float64, requires_grad=True)
+    weights = torch.rand(1, 2, 9, 10, dtype=torch.float64)
+    (bilateral_filter(image, values, 20.0, 4.0) * weights).sum().backward()
+    matrix = lattice_matrix(image, 20.0, 4.0)
+    expected = (weights[0].reshape(2, -1) @ matrix).view(1, 2, 9, 10)
+    torch.testing.assert_close(values.grad, expected, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("args", "match"),
+    [
+        ((torch.rand(1, 3, 4, 4), torch.rand(1, 2, 4, 5), 15.0, 50.0), "same B, H, W"),
+        ((torch.rand(2, 3, 4, 4), torch.rand(1, 2, 4, 4), 15.0, 50.0), "same B, H, W"),
+        ((torch.rand(1, 4, 4, 4), torch.rand(1, 2, 4, 4), 15.0, 50.0), "image"),
+        ((torch.rand(3, 4, 4), torch.rand(1, 2, 4, 4), 15.0, 50.0), "image"),
+        ((torch.rand(1, 3, 4, 4), torch.rand(2, 4, 4), 15.0, 50.0), "values"),
+        ((torch.randint(0, 255, (1, 3, 4, 4)), torch.rand(1, 2, 4, 4), 15.0, 50.0), "image"),
+        ((torch.rand(1, 3, 4, 4), torch.ones(1, 2, 4, 4, dtype=torch.long), 15.0, 50.0), "values"),
+        ((torch.rand(1, 3, 4, 4), torch.rand(1, 2, 4, 4), 0.0, 50.0), "sigma_rgb"),
+        ((torch.rand(1, 3, 4, 4), torch.rand(1, 2, 4, 4), 15.0, -1.0), "sigma_xy"),
+        ((torch.rand(1, 3, 4, 4), torch.rand(1, 2, 4, 4), float("nan"), 50.0), "sigma_rgb"),
+        ((torch.rand(1, 3, 4, 4), torch.rand(1, 2, 4, 4), 15.0, "50"), "sigma_xy"),
+        ((torch.full((1, 3, 4, 4), float("inf")), torch.rand(1, 2, 4, 4), 15.0, 50.0), "image"),
+        ((torch.rand(1, 3, 4, 4), torch.rand(1, 0, 4, 4), 15.0, 50.0), "values"),
+    ],
+)
+def test_bad_arguments_raise(args, match):
+    with pytest.raises(ValueError, match=match):
+        bilateral_filter(*args)
+
+
+def test_lattice_validates_its_inputs():
+    with pytest.raises(ValueError, match="features"):
+        PermutohedralLattice(torch.rand(4, 5))
+    with pytest.raises(ValueError, match="features"):
+        PermutohedralLattice(torch.rand(1, 4, 5).half())
+    lattice = PermutohedralLattice(torch.rand(2, 6, 3))
+    with pytest.raises(ValueError, match="values"):
+        lattice.filter(torch.rand(2, 5, 1))
+
+
+# ---- properties ----------------------------------------------------------------------------------------
+
+
+def test_constant_image_and_constant_values():
+    # Constant colour: a purely spatial filter, symmetric under the image's flips; constant values give
+    # a multiple of the response to ones, and pixels away from the border all receive the same total.
+    image = torch.full((1, 3, 30, 30), 100.0, dtype=torch.float64)
+    ones = bilateral_filter(image, torch.ones(1, 1, 30, 30, dtype=torch.float64), 10.0, 3.0)
+    threes = bilateral_filter(image, torch.full((1, 1, 30, 30), 3.0, dtype=torch.float64), 10.0, 3.0)
+    torch.testing.assert_close(threes, 3 * ones, rtol=1e-12, atol=0)
+    interior = ones[0, 0, 12:18, 12:18]
+    # Lattice points sit at a finite spacing: the interior total varies by about 20 % (measured 0.20).
+    assert (interior.max() - interior.min()) / interior.mean() < 0.25
+    # The total at the corner sees about a quarter of the Gaussian's mass.
+    assert 0.15 < ones[0, 0, 0, 0] / interior.mean() < 0.4
+
+
+def test_linear_in_values():
+    image = random_image(2, 12, 9)
+    u = torch.rand(2, 3, 12, 9, dtype=torch.float64)
+    v = torch.randn(2, 3, 12, 9, dtype=torch.float64)
+    combined = bilateral_filter(image, 2.5 * u - 0.75 * v, 15.0, 5.0)
+    separate = 2.5 * bilateral_filter(image, u, 15.0, 5.0) - 0.75 * bilateral_filter(image, v, 15.0, 5.0)
+    torch.testing.assert_close(combined, separate, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["smooth", "random"])
+def test_kernel_is_symmetric_up_to_the_blur_order(kind):
+    make = smooth_image if kind == "smooth" else random_image
+    image = make(1, 11, 12)
+    forward = lattice_matrix(image, 15.0, 5.0)
+    backward = lattice_matrix(image, 15.0, 5.0, reverse=True)
+    # Reversing the blur order transposes the filter exactly (splat and slice weights differ by alpha).
+    torch.testing.assert_close(backward, forward.T, rtol=1e-12, atol=1e-14)
+    asymmetry = (forward - forward.T).norm() / forward.norm()
+    assert asymmetry < 0.2
+    # ... and it is far from arbitrary: a random matrix with the same entries is not close to symmetric.
+    shuffled = forward.flatten()[torch.randperm(forward.numel())].view_as(forward)
+    assert (shuffled - shuffled.T).norm() / shuffled.norm() > 5 * asymmetry
+
+
+def test_large_sigma_tends_to_a_global_average():
+    image = random_image(2, 10, 13)
+    values = torch.rand(2, 3, 10, 13, dtype=torch.float64)
+    ones = torch.ones(2, 1, 10, 13, dtype=torch.float64)
+    for sigma, tolerance in ((1e3, 1e-2), (1e5, 1e-4)):
+        out = bilateral_filter(image, values, sigma, sigma) / bilateral_filter(image, ones, sigma, sigma)
+        mean = values.mean(dim=(2, 3), keepdim=True).expand_as(out)
+        assert (out - mean).abs().max() < tolerance
+    # With every feature near one lattice point the lattice returns the plain sum times about 0.98.
+    total = bilateral_filter(image, values, 1e5, 1e5)
+    ratio = total / values.sum(dim=(2, 3), keepdim=True)
+    assert (ratio.max() - ratio.min()) / ratio.mean() < 1e-2 and 0.9 < ratio.mean() < 1.0
+
+
+@pytest.mark.parametrize(
+    ("kind", "sigma_rgb", "sigma_xy", "size"),
+    [
+        ("smooth", 15.0, 5.0, (12, 11)),
+        ("smooth", 30.0, 3.0, (10, 13)),
+        ("smooth", 15.0, 50.0, (9, 14)),
+        ("random", 15.0, 5.0, (12, 11)),
+        ("random", 5.0, 121.0, (11, 11)),
+        ("random", 1000.0, 2.0, (12, 12)),
+    ],
+)
+def test_brute_force_gaussian_within_the_lattice_approximation(kind, sigma_rgb, sigma_xy, size):
+    make = smooth_image if kind == "smooth" else random_image
+    image = make(1, *size)
+    lattice = lattice_matrix(image, sigma_rgb, sigma_xy)
+    exact = gaussian_matrix(image, sigma_rgb, sigma_xy)
+    scale = (lattice * exact).sum() / (exact * exact).sum()
+    error = (lattice - scale * exact).norm() / (scale * exact).norm()
+    assert 0.4 < scale < 0.65
+    assert error < 0.25
+
+
+def test_spatial_width_matches_sigma_xy():
+    # Constant image: the impulse response is a spatial Gaussian whose fitted std is sigma_xy (+-10 %).
+    size, centre = 41, 20
+    image = torch.full((1, 3, size, size), 80.0, dtype=torch.float64)
+    impulse = torch.zeros(1, 1, size, size, dtype=torch.float64)
+    impulse[..., centre, centre] = 1
+    for sigma_xy in (3.0, 5.0):
+        response = bilateral_filter(image, impulse, 10.0, sigma_xy)[0, 0]
+        yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+        r2 = ((yy - centre) ** 2 + (xx - centre) ** 2).double()
+        keep = (response > 1e-8) & (r2 < 9 * sigma_xy**2)
+        design = torch.stack([torch.ones_like(r2[keep]), r2[keep]], 1)
+        slope = torch.linalg.lstsq(design, response[keep].log().unsqueeze(1)).solution[1, 0]
+        fitted = math.sqrt(-1 / (2 * slope))
+        assert abs(fitted / sigma_xy - 1) < 0.1
+
+
+def test_simd_padding_only_adds_points_that_receive_no_splat():
+    features = bilateral_features(random_image(1, 5, 7), 15.0, 50.0)  # 35 pixels: 1 padding lane
+    padded, plain = PermutohedralLattice(features), PermutohedralLattice(features, simd_padding=False)
+    assert padded.num_points >= plain.num_points
+    values = torch.rand(1, 35, 2, dtype=torch.float64)
+    a, b = padded.filter(values), plain.filter(values)
+    assert (a - b).abs().max() / b.abs().max() < 0.05
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu():
+    image = random_image(2, 37, 41, dtype=torch.float32)
+    values = torch.rand(2, 3, 37, 41)
+    cpu = bilateral_filter(image, values, 15.0, 50.0)
+    gpu = bilateral_filter(image.cuda(), values.cuda(), 15.0, 50.0)
+    assert gpu.device.type == "cuda"
+    assert (gpu.cpu() - cpu).abs().max() / cpu.abs().max() < 1e-5
