@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from mcc.schedule import poly_warmup_lr
 from mcc.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from mcc.training.distributed import DistributedContext, init_distributed
 from mcc.training.evaluation import evaluate
+from mcc.training.outputs import scores_record, write_json
 from mcc.training.sampler import StepBatchSampler
 
 __all__ = ["TrainResult", "TrainSettings", "resolve_resume", "train"]
@@ -64,6 +66,8 @@ class TrainSettings:
         stop_after: stop once this many steps are done, writing ``last.pt``, while the schedule still
             runs to ``max_iters`` (a time-limited job that a later ``resume="auto"`` continues).
         tensorboard: also log to ``work_dir/tb`` (needs the ``tensorboard`` package).
+        progress: a progress bar on rank 0 (needs ``tqdm``); None: only when stdout is a terminal. The log
+            lines are printed either way (files and CI logs keep them).
     """
 
     work_dir: str
@@ -92,6 +96,7 @@ class TrainSettings:
     resume: str | None = None
     stop_after: int | None = None
     tensorboard: bool = False
+    progress: bool | None = None
 
     def __post_init__(self) -> None:
         for name in ("max_iters", "batch_size", "accumulation_steps", "log_every"):
@@ -217,6 +222,36 @@ def _mean_over_ranks(values: list[float], context: DistributedContext) -> list[f
     return (tensor / context.world_size).tolist()
 
 
+def _progress_bar(settings: TrainSettings, context: DistributedContext, start: int, end: int):
+    """A tqdm bar over the steps on rank 0 (by default only when stdout is a terminal), else None."""
+    wanted = settings.progress if settings.progress is not None else sys.stdout.isatty()
+    if not (wanted and context.is_main) or start >= end:
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=end, initial=start, desc="train", unit="step", file=sys.stdout, dynamic_ncols=True)
+
+
+def _class_names(val_set: Dataset | None, num_classes: int) -> list[str]:
+    names = getattr(val_set, "class_names", None)
+    if names is not None and len(names) == num_classes:
+        return [str(name) for name in names]
+    return ["background"] + [f"class_{index}" for index in range(1, num_classes)]
+
+
+def _earlier_best(path: Path, best: tuple[float, int] | None) -> dict[str, Any] | None:
+    """The best-scores entry of an earlier run's metrics.json, if it is the resumed checkpoint's best."""
+    if best is None or not path.is_file():
+        return None
+    try:
+        entry = json.loads(path.read_text()).get("best")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return entry if isinstance(entry, dict) and entry.get("iteration") == best[1] else None
+
+
 def train(
     net: MCCNet,
     train_set: Dataset,
@@ -237,10 +272,16 @@ def train(
 
     Files (rank 0 only) in ``settings.work_dir``: ``config.json`` (settings, network config, class count,
     world size and ``extra_config``), ``last.pt`` every ``save_every`` steps and at the end, ``best.pt``
-    at the best evaluation, ``tb/`` with ``tensorboard``. Checkpoints are written atomically and hold the
-    model, the optimiser, the steps done, the random states and the data order, so a resumed run
-    continues exactly as an uninterrupted one would (bit for bit on CPU) provided the training views are
-    a function of the sample index and epoch (:class:`~mcc.data.VOCTrainViews` with ``seed`` set).
+    at the best evaluation, ``tb/`` with ``tensorboard``, and ``metrics.json`` (written atomically after
+    every evaluation and at the end): ``iterations`` (steps done), ``max_iters``, ``resumed_from``,
+    ``world_size``, ``batch_size``, ``wall_time_s`` (this call), ``images_per_s`` (training images per
+    second, evaluations excluded), ``best_metric``, and ``last`` / ``best``: ``{"iteration": n, "scores":
+    ...}`` with the scores as :func:`~mcc.training.scores_record` writes them (``miou`` and
+    ``per_class_iou`` in percent), or null before the first evaluation. Checkpoints are written
+    atomically and hold the model, the optimiser, the steps done, the random states and the data order,
+    so a resumed run continues exactly as an uninterrupted one would (bit for bit on CPU) provided the
+    training views are a function of the sample index and epoch (:class:`~mcc.data.VOCTrainViews` with
+    ``seed`` set).
 
     Args:
         net: the network, on any device (it is moved to the context's device).
@@ -263,6 +304,7 @@ def train(
         log = _quiet
     device = context.device
     work_dir = Path(settings.work_dir)
+    started = time.perf_counter()
     if settings.batch_size % (context.world_size * settings.accumulation_steps):
         raise ValueError(
             f"batch_size {settings.batch_size} must be divisible by world size {context.world_size} x "
@@ -341,17 +383,45 @@ def train(
 
     logger = _Logger(context, work_dir, settings.tensorboard, log)
     result = TrainResult(step=start_step, best=best, work_dir=work_dir)
+    metrics_path = work_dir / "metrics.json"
+    class_names = _class_names(val_set, net.num_classes + 1)
+    last_scores: dict[str, Any] | None = None
+    best_scores = _earlier_best(metrics_path, best) if context.is_main else None
+    eval_seconds = 0.0
+
+    def write_metrics(done: int) -> None:
+        if not context.is_main:
+            return
+        wall = time.perf_counter() - started
+        record = {
+            "iterations": done,
+            "max_iters": settings.max_iters,
+            "resumed_from": start_step,
+            "world_size": context.world_size,
+            "batch_size": settings.batch_size,
+            "wall_time_s": wall,  # this call, evaluations included
+            "images_per_s": (done - start_step) * settings.batch_size / max(wall - eval_seconds, 1e-9),
+            "best_metric": settings.best_metric,
+            "last": last_scores,
+            "best": best_scores,
+        }
+        write_json(metrics_path, record)
+
     accumulation = settings.accumulation_steps
     teacher = net.projector.teacher
     batches = _batches(train_set, sampler, start_step, settings, pin=device.type == "cuda")
     window: list[list[float]] = []
     tic = time.perf_counter()
+    bar = None
     try:
         end = (
             settings.max_iters
             if settings.stop_after is None
             else min(settings.stop_after, settings.max_iters)
         )
+        bar = _progress_bar(settings, context, start_step, end)
+        if bar is not None and logger.log is print:
+            logger.log = bar.write  # log lines above the bar, not through it
         for step in range(start_step, end):
             batch = next(batches)
             lr = poly_warmup_lr(
@@ -402,6 +472,9 @@ def train(
             window.append(values)
             done = step + 1
             result.step = done
+            if bar is not None:
+                bar.set_postfix_str(f"loss {values[0]:.4f}", refresh=False)
+                bar.update(1)
 
             if done % settings.log_every == 0 or done == end:
                 mean = _mean_over_ranks(np.mean(window, axis=0).tolist(), context)
@@ -416,6 +489,7 @@ def train(
             stopping = done == end
             periodic = settings.eval_every and done % settings.eval_every == 0
             if val_set is not None and (periodic or (at_end and settings.eval_at_end)):
+                eval_started = time.perf_counter()
                 scores = evaluate(
                     net,
                     val_set,
@@ -436,6 +510,11 @@ def train(
                 if best is None or value > best[0]:
                     best, improved = (value, done), True
                     result.best = best
+                last_scores = {"iteration": done, "scores": scores_record(scores, class_names)}
+                if improved:
+                    best_scores = {**last_scores, "metric": settings.best_metric}
+                eval_seconds += time.perf_counter() - eval_started
+                write_metrics(done)
                 tic = time.perf_counter()
 
             save_last = stopping or bool(settings.save_every and done % settings.save_every == 0)
@@ -446,5 +525,8 @@ def train(
                 if improved and settings.save_best:
                     save_checkpoint(work_dir / "best.pt", state)
     finally:
+        if bar is not None:
+            bar.close()
         logger.close()
+    write_metrics(result.step)
     return result
