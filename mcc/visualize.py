@@ -202,13 +202,21 @@ def overlay_label(
     return _blend(image, colorize_label(label, palette), alpha, "label")
 
 
-def make_grid(rows: Sequence[Sequence[Any]], padding: int = 2, pad_value: int = 255) -> np.ndarray:
+def make_grid(
+    rows: Sequence[Sequence[Any]],
+    padding: int = 2,
+    pad_value: int = 255,
+    titles: Sequence[str] | None = None,
+    title_size: int = 11,
+) -> np.ndarray:
     """Panels laid out in rows and columns, each cell as large as the largest panel, panels centred.
 
     Args:
         rows: a list of rows, each a list of (H, W, 3) ``uint8`` panels (rows may differ in length).
         padding: pixels between cells and around the grid.
         pad_value: grey level of the padding (255 white).
+        titles: column titles, drawn above the grid with Pillow's default font (at most one per column).
+        title_size: font size of the titles, pixels.
 
     Returns:
         (H_grid, W_grid, 3) ``uint8`` RGB.
@@ -222,6 +230,8 @@ def make_grid(rows: Sequence[Sequence[Any]], padding: int = 2, pad_value: int = 
         raise ValueError(f"padding must be >= 0, got {padding}")
     if not 0 <= pad_value <= 255:
         raise ValueError(f"pad_value must be in [0, 255], got {pad_value}")
+    if title_size < 1:
+        raise ValueError(f"title_size must be >= 1, got {title_size}")
     panels = [[np.asarray(p) for p in row] for row in rows]
     if not panels or not any(panels):
         raise ValueError("rows must hold at least one panel")
@@ -242,7 +252,34 @@ def make_grid(rows: Sequence[Sequence[Any]], padding: int = 2, pad_value: int = 
             top = padding + r * (cell_h + padding) + (cell_h - panel.shape[0]) // 2
             left = padding + c * (cell_w + padding) + (cell_w - panel.shape[1]) // 2
             grid[top : top + panel.shape[0], left : left + panel.shape[1]] = panel
+    if titles is not None:
+        if len(titles) > columns:
+            raise ValueError(f"titles: {len(titles)} titles for {columns} columns")
+        header = _title_row(titles, width, (cell_w, padding), pad_value, title_size)
+        grid = np.concatenate([header, grid], axis=0)
     return grid
+
+
+def _title_row(
+    titles: Sequence[str], width: int, cell: tuple[int, int], pad_value: int, size: int
+) -> np.ndarray:
+    from PIL import Image, ImageDraw, ImageFont
+
+    try:
+        font = ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1: one fixed-size bitmap font
+        font = ImageFont.load_default()
+    cell_w, padding = cell
+    height = size + 2 * max(2, size // 3)
+    row = Image.new("RGB", (width, height), (pad_value,) * 3)
+    draw = ImageDraw.Draw(row)
+    ink = (0, 0, 0) if pad_value > 127 else (255, 255, 255)
+    for column, title in enumerate(titles):
+        left, top, right, bottom = draw.textbbox((0, 0), str(title), font=font)
+        x = padding + column * (cell_w + padding) + (cell_w - (right - left)) // 2 - left
+        y = (height - (bottom - top)) // 2 - top
+        draw.text((x, y), str(title), fill=ink, font=font)
+    return np.asarray(row, dtype=np.uint8)
 
 
 def pipeline_strip(

@@ -175,3 +175,17 @@ def test_to_pil_round_trips():
     picture = to_pil(rgb)
     assert picture.size == (7, 5) and picture.mode == "RGB"
     np.testing.assert_array_equal(np.asarray(picture), rgb)
+
+
+def test_make_grid_titles_sit_above_their_columns():
+    panel = np.zeros((20, 40, 3), np.uint8)
+    plain = make_grid([[panel, panel, panel]], padding=2)
+    titled = make_grid([[panel, panel, panel]], padding=2, titles=["image", "", "truth"], title_size=10)
+    header_height = titled.shape[0] - plain.shape[0]
+    assert header_height > 0 and titled.shape[1] == plain.shape[1]
+    np.testing.assert_array_equal(titled[header_height:], plain)
+    header = titled[:header_height]
+    ink = (header < 128).any(axis=(0, 2))  # columns of the header with dark text
+    assert ink[2:42].any() and not ink[44:84].any() and ink[86:126].any()
+    with pytest.raises(ValueError, match="titles"):
+        make_grid([[panel]], titles=["a", "b"])
