@@ -1,0 +1,111 @@
+"""The training command line: help text, schedule checks and scaling, net_from_checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from mcc.cli import evaluate as evaluate_cli
+from mcc.cli import pseudo_labels as pseudo_cli
+from mcc.cli import train as train_cli
+from mcc.network import MCCConfig
+from mcc.training import CheckpointError, load_checkpoint, net_from_checkpoint, save_checkpoint
+
+PARSERS = {
+    "mcc-train-voc": lambda: train_cli.build_parser("voc"),
+    "mcc-train-coco": lambda: train_cli.build_parser("coco"),
+    "mcc-evaluate": evaluate_cli.build_parser,
+    "mcc-pseudo-labels": pseudo_cli.build_parser,
+}
+
+
+@pytest.mark.parametrize("name", sorted(PARSERS))
+def test_every_option_has_help_text_and_shows_its_default(name):
+    parser = PARSERS[name]()
+    formatter = parser._get_formatter()
+    for action in parser._actions:
+        if isinstance(action, argparse._HelpAction):
+            continue
+        assert action.help and action.help.strip(), f"{name} {action.option_strings}: no help text"
+        assert "default" in formatter._get_help_string(action), f"{name} {action.option_strings}"
+    text = parser.format_help()
+    assert text.count("(default:") >= len(parser._actions) - 1
+
+
+def _args(dataset, *argv):
+    return train_cli.parse_args(train_cli.build_parser(dataset), ["--data-root", "x", *argv])
+
+
+def test_warmup_not_below_max_iters_is_an_error_that_says_what_to_do(capsys):
+    with pytest.raises(SystemExit):
+        _args("voc", "--max-iters", "800")  # published warm-up 1500
+    err = capsys.readouterr().err
+    assert "--warmup-iters 1500" in err and "--max-iters 800" in err and "--schedule scaled" in err
+    with pytest.raises(SystemExit):
+        _args("voc", "--max-iters", "10", "--warmup-iters", "10")
+    assert _args("voc", "--max-iters", "10", "--warmup-iters", "9").max_iters == 10
+
+
+def test_scaled_schedule_follows_max_iters():
+    args = _args("voc", "--max-iters", "2000", "--schedule", "scaled")
+    config = train_cli.mcc_config(args)
+    released = MCCConfig.released("voc")
+    assert train_cli.warmup_iters(args) == 150  # 1500 of 20000
+    assert config.seg_start_step == round(released.seg_start_step / 10)
+    assert config.final_cam_positives_from == round(released.final_cam_positives_from / 10)
+    assert train_cli.schedule_warnings(config, 2000) == []
+    # --mcc values win over the scaling; COCO scales against its own 80000 steps and keeps "never"
+    args = _args("voc", "--max-iters", "2000", "--schedule", "scaled", "--mcc", "seg_start_step=5")
+    assert train_cli.mcc_config(args).seg_start_step == 5
+    coco = train_cli.mcc_config(_args("coco", "--max-iters", "8000", "--schedule", "scaled"))
+    assert coco.seg_start_step == round(MCCConfig.released("coco").seg_start_step / 10)
+    assert coco.final_cam_positives_from is None
+    # published switches beyond the end of a short run are reported
+    published = train_cli.mcc_config(_args("voc", "--max-iters", "1800", "--warmup-iters", "100"))
+    lines = train_cli.schedule_warnings(published, 1800)
+    assert len(lines) == 2 and "seg_start_step" in lines[0] and "final_cam_positives_from" in lines[1]
+
+
+def test_unknown_mcc_field_is_a_value_error_naming_it():
+    with pytest.raises(ValueError, match="not_a_field"):
+        train_cli.mcc_config(_args("voc", "--mcc", "not_a_field=1"))
+
+
+def test_net_from_checkpoint_rebuilds_the_network(synthetic, tmp_path):
+    _, checkpoint = synthetic
+    net = net_from_checkpoint(checkpoint).eval()
+    state = load_checkpoint(checkpoint)
+    again = net_from_checkpoint(state).eval()
+    images = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(net.segment(images), again.segment(images))
+    for key, value in state["model"].items():
+        assert torch.equal(net.state_dict()[key], value), key
+
+    bare = tmp_path / "bare.pt"
+    save_checkpoint(bare, {"model": state["model"]})
+    with pytest.raises(CheckpointError, match="does not describe its network"):
+        net_from_checkpoint(bare)
+    broken = dict(state, model={k: v for k, v in state["model"].items() if "decoder" not in k})
+    with pytest.raises(CheckpointError, match="do not fit"):
+        net_from_checkpoint(broken)
+    with pytest.raises(FileNotFoundError):
+        net_from_checkpoint(tmp_path / "missing.pt")
+
+
+@pytest.mark.parametrize("module", ["mcc.cli.evaluate", "mcc.cli.pseudo_labels"])
+def test_modules_run_with_python_m(module):
+    done = subprocess.run(
+        [sys.executable, "-m", module, "--help"], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert "--checkpoint" in done.stdout and "(default:" in done.stdout
+
+
+def test_train_module_needs_a_dataset_name():
+    with pytest.raises(SystemExit, match="voc,coco"):
+        train_cli._module_main(["--help"])
