@@ -119,3 +119,46 @@ def test_library_helpers(tmp_path):
             save_label_png(tmp_path / "y.png", bad)
     with pytest.raises(ValueError, match="not in the split"):
         select_ids(type("D", (), {"ids": ["a", "b"]})(), ["a", "c"])
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_split_the_files(synthetic, tmp_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    root, checkpoint = synthetic
+
+    def torchrun(module: str, *argv: str) -> str:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        command = [
+            sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
+            "-m", module, "--checkpoint", str(checkpoint), "--data-root", str(root), "--device", "cpu",
+            "--dist-timeout", "120", *argv,
+        ]  # fmt: skip
+        env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, f"{done.stdout}\n{done.stderr}"
+        return done.stdout
+
+    out = tmp_path / "ddp"
+    torchrun("mcc.cli.evaluate", "--scales", "1.0", "--out-dir", str(out), "--save-pred")
+    single = _run(root, checkpoint, "--out-dir", str(tmp_path / "single"), "--save-pred")
+    distributed = json.loads((out / "metrics.json").read_text())
+    assert distributed["settings"]["world_size"] == 2
+    for name, score in single["scores"].items():
+        assert distributed["scores"][name]["miou"] == pytest.approx(score["miou"], abs=1e-9), name
+    for path in (tmp_path / "single" / "pred").iterdir():  # every image once, from one of the ranks
+        assert (out / "pred" / path.name).read_bytes() == path.read_bytes()
+    assert len(list((out / "pred").iterdir())) == 3
+
+    labels = tmp_path / "labels"
+    printed = torchrun(
+        "mcc.cli.pseudo_labels", "--split", "train", "--scales", "1.0", "--out-dir", str(labels)
+    )
+    record = json.loads((labels / "metrics.json").read_text())
+    assert (record["written"], record["skipped"], record["num_images"]) == (4, 0, 4)  # disjoint shares
+    assert len(list(labels.glob("*.png"))) == 4 and "4 written" in printed
