@@ -72,7 +72,7 @@ def str2bool(text: str) -> bool:
 
 def _mcc_override(text: str) -> tuple[str, Any]:
     if "=" not in text:
-        raise argparse.ArgumentTypeError(f"--mcc expects KEY=VALUE, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expects KEY=VALUE, got {text!r}")
     key, value = text.split("=", 1)
     import yaml
 
@@ -108,6 +108,10 @@ def build_parser(dataset: str) -> argparse.ArgumentParser:
         "--pretrained", type=str2bool, default=True, help="ImageNet weights (timm hub or --pretrained-file)"
     )
     model.add_argument("--pretrained-file", default=None, help="local weights file: no download")
+    model.add_argument(
+        "--vit", type=_mcc_override, action="append", default=[], metavar="KEY=VALUE",
+        help="keyword of timm.create_model, e.g. --vit drop_path_rate=0.1 or --vit patch_size=8 (repeatable)",
+    )  # fmt: skip
     model.add_argument("--preset", choices=("released", "paper"), default="released", help="MCCConfig preset")
     model.add_argument(
         "--mcc", type=_mcc_override, action="append", default=[], metavar="KEY=VALUE",
@@ -182,8 +186,9 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None = None) -
         unknown = sorted(set(values) - valid)
         if unknown:
             parser.error(f"--config: unknown keys in {path}: {', '.join(unknown)}")
-        if isinstance(values.get("mcc"), dict):
-            values["mcc"] = list(values["mcc"].items())
+        for key in ("mcc", "vit"):
+            if isinstance(values.get(key), dict):
+                values[key] = list(values[key].items())
         parser.set_defaults(**values)
     args = parser.parse_args(argv)
     if not args.data_root:
@@ -266,7 +271,7 @@ def write_args(args: argparse.Namespace, work_dir: Path) -> None:
     import yaml
 
     work_dir.mkdir(parents=True, exist_ok=True)
-    values = {k: (dict(v) if k == "mcc" else v) for k, v in vars(args).items()}
+    values = {k: (dict(v) if k in ("mcc", "vit") else v) for k, v in vars(args).items()}
     (work_dir / "args.yaml").write_text(yaml.safe_dump(values, sort_keys=True))
 
 
@@ -285,7 +290,10 @@ def main(dataset: str, argv: list[str] | None = None) -> None:
             args.data_root, args.train_split, crop_size=args.crop_size, seed=args.data_seed
         )
         val_set = VOCSegmentation(args.data_root, args.val_split) if args.val_split else None
-        vit = build_vit(args.model, args.pretrained, args.pretrained_file, img_size=args.crop_size)
+        model_kwargs = dict(args.vit)
+        vit = build_vit(
+            args.model, args.pretrained, args.pretrained_file, img_size=args.crop_size, **model_kwargs
+        )
         net = MCCNet(vit, train_set.num_classes - 1, config)
         settings = TrainSettings(
             work_dir=args.work_dir,
@@ -322,7 +330,13 @@ def main(dataset: str, argv: list[str] | None = None) -> None:
                 )
             for line in schedule_warnings(config, args.max_iters):
                 print(f"warning: {line}", file=sys.stderr)
-        extra = {"model": args.model, "crop_size": args.crop_size, "dataset": dataset, "args": vars(args)}
+        extra = {
+            "model": args.model,
+            "model_kwargs": model_kwargs,
+            "crop_size": args.crop_size,
+            "dataset": dataset,
+            "args": vars(args),
+        }
         result = train(
             net,
             train_set,

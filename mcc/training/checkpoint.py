@@ -112,9 +112,10 @@ def net_from_checkpoint(
     """Rebuilds the :class:`~mcc.MCCNet` a training checkpoint describes and loads its weights.
 
     Works with the checkpoints of :func:`~mcc.training.train` when its ``extra_config`` names the timm
-    encoder (``"model"``, and ``"crop_size"``), as the training commands (``mcc-train-voc``,
-    ``mcc-train-coco``) write them. The encoder is built with random weights (no download), then the
-    checkpoint's weights are loaded strictly.
+    encoder (``"model"``, optionally ``"model_kwargs"`` for :func:`timm.create_model` and
+    ``"crop_size"``), as the training commands (``mcc-train-voc``, ``mcc-train-coco``) write them. The
+    encoder is built with random weights (no download), then the checkpoint's weights are loaded
+    strictly.
 
     Args:
         checkpoint: a checkpoint file, or the dict :func:`load_checkpoint` returned.
@@ -151,7 +152,12 @@ def net_from_checkpoint(
             "as mcc-train-voc / mcc-train-coco write it"
         )
     mcc = {k: tuple(v) if isinstance(v, list) else v for k, v in record["mcc"].items()}
-    vit = build_vit(extra["model"], pretrained=False, img_size=extra.get("crop_size", 448))
+    vit = build_vit(
+        extra["model"],
+        pretrained=False,
+        img_size=extra.get("crop_size", 448),
+        **(extra.get("model_kwargs") or {}),
+    )
     net = MCCNet(vit, record["num_classes"], MCCConfig(**mcc))
     try:
         net.load_state_dict(checkpoint["model"])

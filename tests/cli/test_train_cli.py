@@ -70,6 +70,17 @@ def test_scaled_schedule_follows_max_iters():
     assert len(lines) == 2 and "seg_start_step" in lines[0] and "final_cam_positives_from" in lines[1]
 
 
+def test_vit_keywords_reach_the_checkpoint_record(tmp_path):
+    assert _args("voc", "--vit", "drop_path_rate=0.1", "--vit", "patch_size=8").vit == [
+        ("drop_path_rate", 0.1),
+        ("patch_size", 8),
+    ]
+    config = tmp_path / "c.yaml"
+    config.write_text("data_root: x\nvit:\n  depth: 2\n")
+    args = train_cli.parse_args(train_cli.build_parser("voc"), ["--config", str(config)])
+    assert args.vit == [("depth", 2)]
+
+
 def test_unknown_mcc_field_is_a_value_error_naming_it():
     with pytest.raises(ValueError, match="not_a_field"):
         train_cli.mcc_config(_args("voc", "--mcc", "not_a_field=1"))
@@ -95,6 +106,10 @@ def test_net_from_checkpoint_rebuilds_the_network(synthetic, tmp_path):
         net_from_checkpoint(broken)
     with pytest.raises(FileNotFoundError):
         net_from_checkpoint(tmp_path / "missing.pt")
+    # timm keywords recorded by --vit rebuild a non-default encoder
+    record = dict(state["config"], extra=dict(state["config"]["extra"], model_kwargs={"embed_dim": 32}))
+    with pytest.raises(CheckpointError, match="do not fit"):
+        net_from_checkpoint(dict(state, config=record))
 
 
 @pytest.mark.parametrize("module", ["mcc.cli.evaluate", "mcc.cli.pseudo_labels"])
