@@ -4,15 +4,68 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["box_mask", "cam_to_label"]
+__all__ = ["box_mask", "cam_to_label", "check_img_box"]
+
+
+BOX_ORDER = "(y0, y1, x0, x1)"
+
+
+def check_img_box(
+    img_box: torch.Tensor, batch: int, size: tuple[int, int], device=None
+) -> torch.Tensor:
+    """Validates boxes in one fused check (one host sync on an accelerator) and returns them as long.
+
+    Args:
+        img_box: boxes, shape (B, 4), integer rows ``(y0, y1, x0, x1)`` (end exclusive, like slicing
+            ``[y0:y1, x0:x1]``), non-empty and inside the map: ``0 <= y0 < y1 <= h``,
+            ``0 <= x0 < x1 <= w``.
+        batch: expected number of boxes B.
+        size: ``(h, w)`` of the map the boxes refer to.
+        device: device of the result (default: the boxes').
+
+    Returns:
+        the boxes, shape (B, 4), ``torch.long``.
+
+    Raises:
+        ValueError: ``img_box`` is not a (B, 4) integer tensor, or a row is empty or leaves the map (an
+            ``(x0, y0, x1, y1)`` box usually does one or the other); the message names the first bad row.
+    """
+    img_box = torch.as_tensor(img_box, device=device)
+    if img_box.shape != (batch, 4):
+        raise ValueError(f"img_box must have shape ({batch}, 4) with rows {BOX_ORDER}, got {tuple(img_box.shape)}")
+    if img_box.dtype.is_floating_point or img_box.dtype == torch.bool or img_box.is_complex():
+        raise ValueError(f"img_box must hold integers (rows {BOX_ORDER}), got {img_box.dtype}")
+    img_box = img_box.long()
+    height, width = size
+    y0, y1, x0, x1 = img_box.unbind(1)
+    ok = (0 <= y0) & (y0 < y1) & (y1 <= height) & (0 <= x0) & (x0 < x1) & (x1 <= width)
+    if not bool(ok.all()):
+        bad = int((~ok).nonzero()[0, 0])
+        raise ValueError(
+            f"img_box row {bad} = {img_box[bad].tolist()} is not a non-empty box {BOX_ORDER} inside the "
+            f"{height}x{width} map: need 0 <= y0 < y1 <= {height} and 0 <= x0 < x1 <= {width} "
+            "(rows are (y0, y1, x0, x1), end exclusive; reorder an (x0, y0, x1, y1) box)"
+        )
+    return img_box
+
+
+def _inside(img_box: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(B, h, w) bool, True within each long box; no checks (an empty or inverted box selects nothing)."""
+    height, width = size
+    y0, y1, x0, x1 = img_box.unbind(1)
+    rows = torch.arange(height, device=img_box.device)
+    cols = torch.arange(width, device=img_box.device)
+    inside_rows = (rows >= y0[:, None]) & (rows < y1[:, None])
+    inside_cols = (cols >= x0[:, None]) & (cols < x1[:, None])
+    return inside_rows[:, :, None] & inside_cols[:, None, :]
 
 
 def box_mask(img_box: torch.Tensor, batch: int, size: tuple[int, int], device=None) -> torch.Tensor:
     """Boolean map of the pixels inside each image's valid box.
 
     Args:
-        img_box: boxes, shape (B, 4), integer rows ``(y0, y1, x0, x1)`` with ``0 <= y0 <= y1 <= h`` and
-            ``0 <= x0 <= x1 <= w`` (end exclusive, like slicing ``[y0:y1, x0:x1]``).
+        img_box: boxes, shape (B, 4), integer rows ``(y0, y1, x0, x1)`` with ``0 <= y0 < y1 <= h`` and
+            ``0 <= x0 < x1 <= w`` (end exclusive, like slicing ``[y0:y1, x0:x1]``; non-empty).
         batch: expected number of boxes B.
         size: ``(h, w)`` of the label the boxes refer to.
         device: device of the result (default: the boxes').
@@ -21,27 +74,10 @@ def box_mask(img_box: torch.Tensor, batch: int, size: tuple[int, int], device=No
         inside, shape (B, h, w), True within the box.
 
     Raises:
-        ValueError: ``img_box`` has the wrong shape, is not integer, or lies outside ``size``.
+        ValueError: ``img_box`` has the wrong shape, is not integer, has an empty row or lies outside
+            ``size`` (see :func:`check_img_box`).
     """
-    img_box = torch.as_tensor(img_box, device=device)
-    if img_box.shape != (batch, 4):
-        raise ValueError(f"img_box must have shape ({batch}, 4), got {tuple(img_box.shape)}")
-    if img_box.dtype.is_floating_point or img_box.dtype == torch.bool or img_box.is_complex():
-        raise ValueError(f"img_box must hold integers, got {img_box.dtype}")
-    height, width = size
-    y0, y1, x0, x1 = img_box.long().unbind(1)
-    ok = (0 <= y0) & (y0 <= y1) & (y1 <= height) & (0 <= x0) & (x0 <= x1) & (x1 <= width)
-    if not bool(ok.all()):
-        bad = int((~ok).nonzero()[0, 0])
-        raise ValueError(
-            f"img_box row {bad} = {img_box[bad].tolist()} is not (y0, y1, x0, x1) with "
-            f"0 <= y0 <= y1 <= {height} and 0 <= x0 <= x1 <= {width}"
-        )
-    rows = torch.arange(height, device=img_box.device)
-    cols = torch.arange(width, device=img_box.device)
-    inside_rows = (rows >= y0[:, None]) & (rows < y1[:, None])
-    inside_cols = (cols >= x0[:, None]) & (cols < x1[:, None])
-    return inside_rows[:, :, None] & inside_cols[:, None, :]
+    return _inside(check_img_box(img_box, batch, size, device=device), size)
 
 
 def cam_to_label(
@@ -73,16 +109,18 @@ def cam_to_label(
         bkg_thre: background threshold of the two-way label.
         low_thre: background threshold of the three-way label (beta_bg, paper: 0.25).
         high_thre: foreground threshold of the three-way label (beta_fg, paper: 0.7), >= ``low_thre``.
-        img_box: valid region of each image, shape (B, 4), rows ``(y0, y1, x0, x1)`` in the label's own
-            pixel units (for a token-grid label: token units), end exclusive.
+        img_box: valid region of each image, shape (B, 4), integer rows ``(y0, y1, x0, x1)`` (this
+            order, not ``(x0, y0, x1, y1)``) in the label's own pixel units (for a token-grid label: token
+            units), end exclusive, non-empty and inside ``h x w``.
         ignore_index: value of uncertain pixels and of pixels outside the box.
 
     Returns:
         label, shape (B, h, w), ``torch.long``.
 
     Raises:
-        ValueError: wrong shapes, a ``cls_label`` width that is not C, boxes out of range, or thresholds
-            that are not exactly one of the two modes (or ``low_thre > high_thre``).
+        ValueError: wrong shapes, a ``cls_label`` width that is not C, an ``img_box`` row that is empty
+            or out of range, or thresholds that are not exactly one of the two modes (or
+            ``low_thre > high_thre``).
 
     Example:
         >>> cam = torch.tensor([[[[0.1, 0.5, 0.9]]]])
@@ -106,17 +144,29 @@ def cam_to_label(
         )
     if three_way and low_thre > high_thre:
         raise ValueError(f"low_thre ({low_thre}) must not exceed high_thre ({high_thre})")
+    inside = None if img_box is None else box_mask(img_box, batch, (height, width), device=cam.device)
+    return _label_from_cam(cam, cls_label, bkg_thre, low_thre, high_thre, inside, ignore_index)
 
+
+def _label_from_cam(
+    cam: torch.Tensor,
+    cls_label: torch.Tensor,
+    bkg_thre: float | None,
+    low_thre: float | None,
+    high_thre: float | None,
+    inside: torch.Tensor | None,
+    ignore_index: int,
+) -> torch.Tensor:
+    """:func:`cam_to_label` on checked arguments, the valid region given as a (B, h, w) bool map."""
     # Compare in float32 at least: a bf16 score would round the thresholds (0.3 -> 0.30078125).
     cam = cam.to(torch.promote_types(cam.dtype, torch.float32))
     score, cls = (cam * cls_label.to(cam.dtype)[:, :, None, None]).max(dim=1)
     label = cls + 1
-    if two_way:
+    if bkg_thre is not None:
         label[score <= bkg_thre] = 0
     else:
         label[score <= high_thre] = ignore_index
         label[score <= low_thre] = 0
-    if img_box is not None:
-        inside = box_mask(img_box, batch, (height, width), device=cam.device)
+    if inside is not None:
         label = label.masked_fill(~inside, ignore_index)
     return label

@@ -10,7 +10,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from mcc.attention import KeyMaskedViT, ScaledBernoulliKeyMask, patch_vit
-from mcc.cam import cam_to_label, multi_scale_cam
+from mcc.cam import labels as cam_labels
+from mcc.cam import multi_scale_cam
+from mcc.cam.labels import _inside, _label_from_cam
 from mcc.losses import (
     MomentumProjector,
     affinity_labels,
@@ -21,7 +23,8 @@ from mcc.losses import (
 )
 from mcc.network.config import MCCConfig
 from mcc.network.decoder import LargeFOV
-from mcc.refine import PAR, refine_cams_with_background
+from mcc.refine import PAR
+from mcc.refine.background import _refine
 
 __all__ = ["MCCLabels", "MCCLosses", "MCCNet", "MCCTrainingStep"]
 
@@ -225,8 +228,10 @@ class MCCNet(nn.Module):
             x: main crops, (B, 3, H, W), normalised with ``pixel_mean``/``pixel_std``.
             cls_label: multi-hot image labels, (B, C); a zero row (an image with no foreground class) is
                 background wherever its CAM labels say so and its local views are all negative.
-            img_box: valid region of each crop, (B, 4) rows ``(y0, y1, x0, x1)`` in pixels, end exclusive;
-                outside it nothing is supervised. None = whole crop.
+            img_box: valid region of each crop, (B, 4) integer rows ``(y0, y1, x0, x1)`` (this order, not
+                ``(x0, y0, x1, y1)``) in pixels, end exclusive, non-empty and inside ``H x W``; outside it
+                nothing is supervised (a box holding no whole token leaves the token labels all ignored).
+                None = whole crop. Checked once here (one host sync on an accelerator).
             step: optimiser steps already taken (selects the CAM that judges positiveness).
             key_mask: dropped keys of the V local views, bool (B, V, h*w); drawn with the config's
                 :class:`~mcc.attention.ScaledBernoulliKeyMask` and ``generator`` when None.
@@ -234,10 +239,18 @@ class MCCNet(nn.Module):
 
         Returns:
             :class:`MCCLabels`.
+
+        Raises:
+            ValueError: an ``img_box`` that is not (B, 4) integer rows ``(y0, y1, x0, x1)``, non-empty and
+                inside the crop.
         """
         cfg = self.config
         batch = x.shape[0]
         grid = self.encoder.grid_size(x)
+        box = None if img_box is None else cam_labels.check_img_box(img_box, batch, x.shape[-2:], x.device)
+        # The boxes are checked once; the labels below take them as masks (pixel and token units).
+        inside = None if box is None else _inside(box, x.shape[-2:])
+        token_inside = None if box is None else _inside(self._box_to_tokens(box), grid)
         cam, cam_aux = self.multi_scale_cams(x)
 
         # Key masks and positiveness of the local views (Eq. 8-9) on the CAM at token resolution.
@@ -249,26 +262,21 @@ class MCCNet(nn.Module):
 
         # Token labels for the affinity loss (Eq. 11) from the aux CAM, the box in token units.
         aux_tokens = F.interpolate(cam_aux, size=grid, mode="bilinear", align_corners=False)
-        token_label = cam_to_label(
-            aux_tokens,
-            cls_label,
-            low_thre=cfg.low_thre,
-            high_thre=cfg.high_thre,
-            img_box=None if img_box is None else self._box_to_tokens(img_box),
-            ignore_index=cfg.ignore_index,
+        token_label = _label_from_cam(
+            aux_tokens, cls_label, None, cfg.low_thre, cfg.high_thre, token_inside, cfg.ignore_index
         )
 
         # The segmentation pseudo label: final CAM refined by PAR on the RGB crop.
-        pseudo_label = refine_cams_with_background(
+        pseudo_label = _refine(
             self.par,
             self.denormalize(x),
             cam,
             cls_label,
-            high_thre=cfg.high_thre,
-            low_thre=cfg.low_thre,
-            img_box=img_box,
-            ignore_index=cfg.ignore_index,
-            down_scale=cfg.par_down_scale,
+            cfg.high_thre,
+            cfg.low_thre,
+            inside,
+            cfg.ignore_index,
+            cfg.par_down_scale,
         )
         return MCCLabels(cam, cam_aux, key_mask, positive, token_label, pseudo_label)
 
@@ -296,8 +304,9 @@ class MCCNet(nn.Module):
             v2: local views geometrically aligned with ``x`` (same crop and flip), (B, 3, H, W).
             cls_label: multi-hot image labels, (B, C); a zero row (an image with no foreground class) is
                 background wherever its CAM labels say so and its local views are all negative.
-            img_box: valid region of each crop, (B, 4) rows ``(y0, y1, x0, x1)`` in pixels, end exclusive;
-                outside it nothing is supervised. None = whole crop.
+            img_box: valid region of each crop, (B, 4) integer rows ``(y0, y1, x0, x1)`` (this order, not
+                ``(x0, y0, x1, y1)``) in pixels, end exclusive, non-empty and inside ``H x W``; outside it
+                nothing is supervised. None = whole crop. Checked once per call.
             step: optimiser steps already taken (drives the schedule switches of the config).
             key_mask: dropped keys of the V local views, bool (B, V, h*w); drawn with the config's
                 :class:`~mcc.attention.ScaledBernoulliKeyMask` and ``generator`` when None.
@@ -314,8 +323,10 @@ class MCCNet(nn.Module):
         """
         cfg = self.config
         self._check_batch(x, v1, v2, cls_label, img_box)
-        if labels is None:
+        if labels is None:  # make_labels checks img_box
             labels = self.make_labels(x, cls_label, img_box, step, key_mask=key_mask, generator=generator)
+        elif img_box is not None:
+            cam_labels.check_img_box(img_box, x.shape[0], x.shape[-2:])
         self._check_labels(labels, x)
         batch = x.shape[0]
 

@@ -51,8 +51,9 @@ def refine_cams_with_background(
         cls_label: multi-hot image labels, shape (B, C); nonzero = present; rows may be all zero.
         high_thre: background level whose result gives the foreground (paper: beta_fg = 0.7).
         low_thre: second background level (paper: beta_bg = 0.25).
-        img_box: valid region of each image, shape (B, 4), rows ``(y0, y1, x0, x1)`` in pixels of
-            ``images``, end exclusive.
+        img_box: valid region of each image, shape (B, 4), integer rows ``(y0, y1, x0, x1)`` (this
+            order, not ``(x0, y0, x1, y1)``) in pixels of ``images``, end exclusive, non-empty and inside
+            ``H x W``.
         ignore_index: label of uncertain pixels and pixels outside the box.
         down_scale: PAR runs at ``1 / down_scale`` of the image size (published: 2), integer >= 1.
 
@@ -61,8 +62,8 @@ def refine_cams_with_background(
         ``ignore_index``.
 
     Raises:
-        ValueError: wrong shapes, a ``cls_label`` width that is not C, a box out of range, or a
-            ``down_scale`` that is not an integer in ``[1, min(H, W)]``.
+        ValueError: wrong shapes, a ``cls_label`` width that is not C, an ``img_box`` row that is empty
+            or out of range, or a ``down_scale`` that is not an integer in ``[1, min(H, W)]``.
 
     Example:
         >>> from mcc.refine import PAR
@@ -88,9 +89,24 @@ def refine_cams_with_background(
     if int(down_scale) != down_scale or not 1 <= down_scale <= min(height, width):
         raise ValueError(f"down_scale must be an integer in [1, {min(height, width)}], got {down_scale}")
     inside = None if img_box is None else box_mask(img_box, batch, (height, width), device=images.device)
+    return _refine(par, images, cams, cls_label, high_thre, low_thre, inside, ignore_index, int(down_scale))
 
+
+def _refine(
+    par: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    images: torch.Tensor,
+    cams: torch.Tensor,
+    cls_label: torch.Tensor,
+    high_thre: float,
+    low_thre: float,
+    inside: torch.Tensor | None,
+    ignore_index: int,
+    down_scale: int,
+) -> torch.Tensor:
+    """:func:`refine_cams_with_background` on checked arguments, the box given as a (B, H, W) bool map."""
+    batch, _, height, width = images.shape
     device = images.device
-    small = (height // int(down_scale), width // int(down_scale))
+    small = (height // down_scale, width // down_scale)
     present = torch.cat([cls_label.new_ones(batch, 1), cls_label], dim=1).to(device) != 0  # (B, 1+C)
     class_ids = present.any(0).nonzero()[:, 0]  # background + classes present anywhere in the batch
     absent = ~present[:, class_ids, None, None]  # (B, K, 1, 1)
