@@ -1,0 +1,118 @@
+"""Dense CRF, seconds per image: pydensecrf2 (C++, CPU) vs the torch backend (CPU, and CUDA if present).
+
+One generated VOC-size scene (375x500, 21 classes, the scene of ``tests/refine/test_dense_crf.py``) with
+the published evaluation parameters ``DenseCRF(10, 1, 1, 121, 5, 4)``. Each row is the median over
+``--repeats`` calls after one warm-up, in its own process (see ``common.py``), and covers everything a
+call does: unary, both lattices (or pydensecrf's), 10 mean-field iterations, the copy back; wall time
+and this process's CPU time (the fairer number on a shared CPU; on CUDA it only counts the host side). On
+CUDA the torch backend also runs batches of ``--batch`` images through ``DenseCRF.inference`` (time per
+image). Prints a table with each backend's speed-up over pydensecrf2, then one JSON line.
+
+    python benchmarks/crf.py --threads 1        # CPU (and CUDA when available), 1 torch thread
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+import torch
+from common import environment, measure, run_child
+
+from mcc.refine import DenseCRF
+
+# The scene generator lives with the tests, which check the two backends against each other on it.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "refine"))
+from test_dense_crf import voc_like_scene  # noqa: E402
+
+
+def child(args: argparse.Namespace) -> dict:
+    torch.set_num_threads(args.threads)
+    device = torch.device("cuda" if args.backend == "torch-cuda" else "cpu")
+    scenes = [voc_like_scene(seed) for seed in range(max(1, args.batch if args.batched else 1))]
+    if args.backend == "pydensecrf":
+        crf = DenseCRF(10, 1, 1, 121, 5, 4)
+    else:
+        crf = DenseCRF(10, 1, 1, 121, 5, 4, backend="torch", device=device)
+    if args.batched:
+        images = torch.from_numpy(np.stack([image for image, _ in scenes])).permute(0, 3, 1, 2).to(device)
+        probs = torch.from_numpy(np.stack([p for _, p in scenes])).to(device)
+
+        def step():
+            crf.inference(images, probs).cpu()
+    else:
+        image, probs = scenes[0]
+
+        def step():
+            crf(image, probs)
+
+    cpu_times = []
+
+    def timed_step():
+        start = time.process_time()
+        step()
+        cpu_times.append(time.process_time() - start)
+
+    result = measure(timed_step, device, warmup=1, repeats=args.repeats)
+    result["images"] = len(scenes) if args.batched else 1
+    # CPU time of this process: on a shared machine, wall time also counts waiting for a core.
+    result["cpu_s"] = statistics.median(cpu_times[1:])
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (the CPU here is shared)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--batch", type=int, default=8, help="images per batched CUDA call")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--backend", choices=("pydensecrf", "torch-cpu", "torch-cuda"), help=argparse.SUPPRESS
+    )
+    parser.add_argument("--batched", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(child(args)))
+        return
+
+    torch.set_num_threads(args.threads)
+    print(f"# {environment()}")
+    runs = [("pydensecrf", False), ("torch-cpu", False)]
+    if torch.cuda.is_available():
+        runs += [("torch-cuda", False), ("torch-cuda", True)]
+    common = ["--threads", str(args.threads), "--repeats", str(args.repeats), "--batch", str(args.batch)]
+    header = ("backend", "batch", "s/image", "vs pydensecrf", "CPU s/image", "vs pydensecrf", "peak MB")
+    print("{:12} {:>6} {:>10} {:>14} {:>12} {:>14} {:>9}".format(*header))
+    results = {}
+    baseline = None
+    for backend, batched in runs:
+        run = run_child(__file__, [*common, "--backend", backend, *(["--batched"] if batched else [])])
+        per_image = run["median_s"] / run["images"]
+        cpu_per_image = run["cpu_s"] / run["images"]
+        baseline = (per_image, cpu_per_image) if baseline is None else baseline
+        name = f"{backend}-batch{run['images']}" if batched else backend
+        results[name] = {
+            "s_per_image": round(per_image, 4),
+            "speedup_vs_pydensecrf": round(baseline[0] / per_image, 2),
+            "cpu_s_per_image": round(cpu_per_image, 4),
+            "cpu_speedup_vs_pydensecrf": round(baseline[1] / cpu_per_image, 2),
+            "peak_mb": round(run["peak_mb"], 1),
+        }
+        row = results[name]
+        print(
+            f"{backend:12} {run['images']:6d} "
+            f"{row['s_per_image']:10.3f} {row['speedup_vs_pydensecrf']:13.2f}x "
+            f"{row['cpu_s_per_image']:12.3f} {row['cpu_speedup_vs_pydensecrf']:13.2f}x {row['peak_mb']:9.1f}"
+        )
+    print(json.dumps({"benchmark": "crf", "threads": args.threads, **results}))
+
+
+if __name__ == "__main__":
+    main()
