@@ -239,6 +239,26 @@ def _barrier() -> None:
         dist.barrier()
 
 
+def _write_overview(folder: Path, ids: Sequence[str], vis_format: str, limit: int = 8) -> None:
+    """Stacks the first ``limit`` pictures of ``folder`` into ``overview.<vis_format>``."""
+    from mcc.visualize import make_grid
+
+    strips = []
+    for image_id in ids[:limit]:
+        with Image.open(folder / f"{image_id}.{vis_format}") as picture:
+            strips.append(picture.convert("RGB"))
+    if not strips:
+        return
+    factor = max(1, -(-128 // min(strip.height for strip in strips)))  # ceil(128 / smallest height)
+    rows = [
+        [np.asarray(s.resize((s.width * factor, s.height * factor), Image.Resampling.NEAREST))]
+        for s in strips
+    ]
+    overview = Image.fromarray(make_grid(rows, padding=4))
+    kind = "JPEG" if vis_format == "jpg" else "PNG"
+    _atomic_write(folder / f"overview.{vis_format}", lambda file: overview.save(file, format=kind))
+
+
 def evaluate_to_dir(
     net: MCCNet,
     dataset: Dataset,
@@ -262,7 +282,9 @@ def evaluate_to_dir(
     * with ``save_pred``: ``pred/<id>.png``, the segmentation at the image's own size
       (:func:`save_label_png`).
     * with ``save_vis`` = N: ``vis/<id>.<vis_format>`` for the first N images: image | CAM | CAM+PAR |
-      prediction | ground truth (:func:`mcc.visualize.pipeline_strip`; the panels that were computed).
+      prediction | ground truth (:func:`mcc.visualize.pipeline_strip`; the panels that were computed),
+      and ``vis/overview.<vis_format>``, the first (up to) 8 of them in one picture, enlarged (nearest
+      neighbour) to at least 128 pixels per row.
     * a dataset without ground truth (VOC ``test``): no scores; the predictions go to
       ``results/VOC2012/Segmentation/comp6_test_cls/<id>.png`` and rank 0 packs them into
       ``results.tar.gz`` (:func:`make_server_archive`), ready for the evaluation server.
@@ -336,6 +358,9 @@ def evaluate_to_dir(
         record["server_files"] = str(VOC_TEST_RESULTS)
     _barrier()  # every rank's files are written before rank 0 archives and records
     if rank == 0:
+        if save_vis:
+            ids = [sample_id for sample_id in getattr(dataset, "ids", [])[: min(save_vis, count)]]
+            _write_overview(out_dir / "vis", ids, vis_format)
         if not has_truth:
             record["archive"] = make_server_archive(out_dir).name
         write_json(out_dir / "metrics.json", record)

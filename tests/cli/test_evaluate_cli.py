@@ -62,10 +62,12 @@ def test_metrics_predictions_and_pictures(synthetic, tmp_path, capsys):
     assert recomputed["miou"] == pytest.approx(scores["seg"]["miou"], abs=1e-9)
     assert recomputed["per_class_iou"] == pytest.approx(scores["seg"]["per_class_iou"])
 
-    pictures = sorted((out / "vis").iterdir())
-    assert [p.name for p in pictures] == [f"{i}.jpg" for i in dataset.ids[:2]]
+    pictures = [out / "vis" / f"{i}.jpg" for i in dataset.ids[:2]] + [out / "vis" / "overview.jpg"]
+    assert sorted((out / "vis").iterdir()) == sorted(pictures)
     with Image.open(pictures[0]) as picture:
         assert picture.size == (5 * 64 + 4 * 2, 64)  # image | CAM | CAM+PAR | prediction | truth
+    with Image.open(pictures[-1]) as overview:  # two strips enlarged x2, 4 px padding
+        assert overview.size == (2 * (5 * 64 + 4 * 2) + 8, 2 * 2 * 64 + 3 * 4)
 
 
 def test_test_split_writes_server_layout_and_archive(synthetic, tmp_path, capsys):
