@@ -53,6 +53,12 @@ class MCCConfig:
         head_lr_scale: learning-rate multiple of classifiers, projector and decoder (code: 10).
         decoder_dim: LargeFOV width (code: 512).
         decoder_dilation: LargeFOV dilation (code: 5).
+        seg_target: segmentation target of the training step: ``"par"`` (the final CAM refined by PAR,
+            paper and code) or ``"cam"`` (the three-way thresholded final CAM, no PAR; an ablation
+            knock-out, not part of the method).
+        mcc_warmup_steps: ramp ``w_mcc`` linearly from 0 over this many steps (0 = full weight from the
+            first step, as paper and code do; an option for small or from-scratch runs, see
+            docs/ablation.md).
     """
 
     aux_layer: int = -3
@@ -87,6 +93,8 @@ class MCCConfig:
     head_lr_scale: float = 10.0
     decoder_dim: int = 512
     decoder_dilation: int = 5
+    seg_target: Literal["par", "cam"] = "par"
+    mcc_warmup_steps: int = 0
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.mask_ratio < 1.0:
@@ -101,6 +109,10 @@ class MCCConfig:
             raise ValueError("num_views and mask_scale must be >= 1")
         if not 0.0 <= self.momentum <= 1.0:
             raise ValueError(f"momentum must be in [0, 1], got {self.momentum}")
+        if self.seg_target not in ("par", "cam"):
+            raise ValueError(f"seg_target must be 'par' or 'cam', got {self.seg_target!r}")
+        if self.mcc_warmup_steps < 0:
+            raise ValueError(f"mcc_warmup_steps must be >= 0, got {self.mcc_warmup_steps}")
 
     @classmethod
     def released(cls, dataset: Literal["voc", "coco"] = "voc", **overrides) -> MCCConfig:
@@ -133,3 +145,9 @@ class MCCConfig:
     def seg_weight(self, step: int) -> float:
         """Weight of the segmentation loss at ``step`` (0 before ``seg_start_step``)."""
         return self.w_seg if step >= self.seg_start_step else 0.0
+
+    def mcc_weight(self, step: int) -> float:
+        """Weight of the masked contrast at ``step``: ``w_mcc``, ramped over ``mcc_warmup_steps``."""
+        if step >= self.mcc_warmup_steps:
+            return self.w_mcc
+        return self.w_mcc * (step + 1) / self.mcc_warmup_steps

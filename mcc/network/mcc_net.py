@@ -267,17 +267,22 @@ class MCCNet(nn.Module):
         )
 
         # The segmentation pseudo label: final CAM refined by PAR on the RGB crop.
-        pseudo_label = _refine(
-            self.par,
-            self.denormalize(x),
-            cam,
-            cls_label,
-            cfg.high_thre,
-            cfg.low_thre,
-            inside,
-            cfg.ignore_index,
-            cfg.par_down_scale,
-        )
+        if cfg.seg_target == "cam":  # ablation knock-out: the three-way CAM label, no PAR
+            pseudo_label = _label_from_cam(
+                cam, cls_label, None, cfg.low_thre, cfg.high_thre, inside, cfg.ignore_index
+            )
+        else:
+            pseudo_label = _refine(
+                self.par,
+                self.denormalize(x),
+                cam,
+                cls_label,
+                cfg.high_thre,
+                cfg.low_thre,
+                inside,
+                cfg.ignore_index,
+                cfg.par_down_scale,
+            )
         return MCCLabels(cam, cam_aux, key_mask, positive, token_label, pseudo_label)
 
     def training_losses(
@@ -363,7 +368,7 @@ class MCCNet(nn.Module):
             cfg.w_cls * loss_cls
             + cfg.w_cls_aux * loss_cls_aux
             + cfg.w_affinity * loss_affinity
-            + cfg.w_mcc * loss_mcc
+            + cfg.mcc_weight(step) * loss_mcc
             + cfg.seg_weight(step) * loss_seg
         )
         positive_rate = labels.positive.float().mean()
