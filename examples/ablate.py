@@ -1,0 +1,437 @@
+"""Ablations of MCC on CPU: arms that differ in one thing, same data, seeds and budget, mean +- std.
+
+    make ablation      # = HF_HUB_OFFLINE=1 .venv/bin/python examples/ablate.py --jobs 2
+
+1. makes the pretrained stand-in once (``python -m mcc.cli.pretrain``: the small ViT trained as a
+   classifier on a separate synthetic shapes set, not ImageNet) unless ``--standin`` exists;
+2. writes one synthetic VOC (``mcc.data.make_synthetic_voc``, data seed 0) shared by every run;
+3. trains every (arm, seed) with ``mcc.training.train`` and scores it with ``mcc.training.evaluate``
+   on the synthetic validation split: CAM (threshold 0.5), CAM + PAR (one background level 0.5), the
+   training target on the pixels it labels, and the segmentation (flip); runs already done with the same
+   settings are skipped (each run's JSON is written atomically), and ``--jobs 2`` runs two at a time, one
+   thread each;
+4. writes ``results.json`` (every run, and per arm the mean, the std over seeds and the paired difference
+   to the baseline of the same start), ``table.md`` and ``ablation.png`` (bars with error bars) to
+   ``--out``.
+
+Within one seed every arm starts from the same weights (the stand-in, or the same random
+initialisation), sees the same batches, views and key masks, so ``arm - baseline`` per seed is a paired
+difference. The arms (``--list`` prints them) are defined in ``ARMS``; see docs/ablation.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import multiprocessing
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mcc.data import VOCSegmentation, VOCTrainViews, make_synthetic_voc
+from mcc.network import MCCConfig, MCCNet
+from mcc.training import ConfusionMatrix, TrainSettings, evaluate, train
+from mcc.training.pretrain import ViTArch, load_standin
+
+METRICS = ("cam", "pseudo", "pseudo_train", "seg")
+METRIC_NAMES = {
+    "cam": "CAM",
+    "pseudo": "CAM+PAR",
+    "pseudo_train": "training target",
+    "seg": "segmentation",
+}
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One ablation arm: where it starts and what it changes in the base configuration.
+
+    Attributes:
+        description: one line for the table.
+        pretrained: start from the stand-in (True) or from random weights.
+        overrides: :class:`~mcc.MCCConfig` fields changed from :func:`base_config`.
+        reference: the arm it differs from in one thing (paired differences are taken against it).
+    """
+
+    description: str
+    pretrained: bool = True
+    overrides: dict[str, Any] = field(default_factory=dict)
+    reference: str | None = "base"
+
+
+# The masked contrast as the paper's text has it (Eq. 10 InfoNCE, ratio 0.75, aux-CAM positives);
+# the other paper-preset differences (plain cosine affinity, w_seg 1) are not the contrast and stay.
+PAPER_CONTRAST = {
+    "infonce_variant": "paper",
+    "mask_ratio": 0.75,
+    "positive_cam": "aux",
+    "final_cam_positives_from": None,
+}
+
+ARMS: dict[str, Arm] = {
+    "base": Arm("pretrained, no masked contrast (w_mcc = 0)", overrides={"w_mcc": 0.0}, reference=None),
+    "mcc": Arm("+ masked contrast, released (ratio 0.95)"),
+    "mcc_paper": Arm("+ masked contrast, paper variant (Eq. 10, ratio 0.75)", overrides=PAPER_CONTRAST),
+    "mcc_r0.75": Arm("+ masked contrast, released, ratio 0.75", overrides={"mask_ratio": 0.75}),
+    "mcc_r0.5": Arm("+ masked contrast, released, ratio 0.5", overrides={"mask_ratio": 0.5}),
+    "mcc_warmup": Arm("+ masked contrast, released, w_mcc warm-up", overrides={"mcc_warmup_steps": -1}),
+    "no_aff": Arm("released MCC without the affinity loss", overrides={"w_affinity": 0.0}, reference="mcc"),
+    "no_par": Arm(
+        "released MCC, target = thresholded CAM (no PAR)", overrides={"seg_target": "cam"}, reference="mcc"
+    ),
+    "base_scratch": Arm(
+        "from scratch, no masked contrast", pretrained=False, overrides={"w_mcc": 0.0}, reference=None
+    ),
+    "mcc_scratch": Arm(
+        "from scratch, + masked contrast (released)", pretrained=False, reference="base_scratch"
+    ),
+}
+DEFAULT_ARMS = (
+    "base",
+    "mcc",
+    "mcc_paper",
+    "mcc_r0.75",
+    "mcc_r0.5",
+    "no_aff",
+    "no_par",
+    "base_scratch",
+    "mcc_scratch",
+)
+
+
+def base_config(steps: int, **overrides) -> MCCConfig:
+    """The released preset with its schedule and sizes scaled to a short run on 64 px images.
+
+    Schedule switches at the published fractions of the run (published, of 20000 steps: segmentation
+    loss from step 2000 = 10 %, final-CAM positives from 12000 = 60 %). Key-mask cells of one token:
+    the 8 x 8 token grid then has 64 cells (published: 7 x 7 = 49), so at ratio 0.95 about 4 % of the
+    masked views drop every key (published 8 %; with 2 x 2 cells, 16 cells, it would be 44 %).
+    ``mcc_warmup_steps=-1`` means half of the steps.
+    """
+    overrides = dict(overrides)
+    if overrides.get("mcc_warmup_steps") == -1:
+        overrides["mcc_warmup_steps"] = steps // 2
+    scaled = {
+        "seg_start_step": steps // 10,
+        "final_cam_positives_from": int(0.6 * steps),
+        "mask_scale": 1,
+        "projector_dim": 256,
+        "projector_hidden_dim": 256,
+        "projector_bottleneck_dim": 64,
+        "decoder_dim": 128,
+        "decoder_dilation": 2,
+    }
+    return MCCConfig.released("voc", **{**scaled, **overrides})
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--out", default="runs/ablation", help="output folder (default: %(default)s)")
+    parser.add_argument(
+        "--arms", default=",".join(DEFAULT_ARMS), help="comma-separated arm names (default: %(default)s)"
+    )
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="default: %(default)s")
+    parser.add_argument(
+        "--steps", type=int, default=200, help="optimiser steps per run (default: %(default)s)"
+    )
+    parser.add_argument("--batch-size", type=int, default=8, help="default: %(default)s")
+    parser.add_argument("--lr", type=float, default=6e-4, help="encoder lr, heads x10 (default: %(default)s)")
+    parser.add_argument("--num-train", type=int, default=400, help="default: %(default)s")
+    parser.add_argument("--num-val", type=int, default=50, help="default: %(default)s")
+    parser.add_argument("--standin", default="runs/pretrain/standin_vit.pt", help="default: %(default)s")
+    parser.add_argument(
+        "--standin-args",
+        default="",
+        help="options of python -m mcc.cli.pretrain when the stand-in is made here, e.g. '--steps 100'",
+    )
+    parser.add_argument(
+        "--jobs", type=int, default=1, help="runs at a time, one thread each (default: %(default)s)"
+    )
+    parser.add_argument("--list", action="store_true", help="print the arms and exit")
+    return parser
+
+
+# -- one run ------------------------------------------------------------------------------------------------
+
+
+def _setup(args: argparse.Namespace, arch: ViTArch) -> dict[str, Any]:
+    """What every run of one ablation shares; a stored run is reused only when its setup is equal."""
+    return {
+        "steps": args.steps,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "num_train": args.num_train,
+        "num_val": args.num_val,
+        "data_seed": 0,
+        "arch": dataclasses.asdict(arch),
+        "standin": str(args.standin),
+    }
+
+
+def _write_json(path: Path, value: Any) -> None:
+    """Atomic write: a temporary file in the same folder, then os.replace."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w") as file:
+            file.write(json.dumps(value, indent=2) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def run_path(out: Path, arm: str, seed: int) -> Path:
+    return out / "runs" / arm / f"seed{seed}.json"
+
+
+def run_one(task: tuple[str, int, dict[str, Any], str]) -> dict[str, Any]:
+    """Trains and scores one (arm, seed); writes and returns its record."""
+    arm_name, seed, setup, out = task
+    torch.set_num_threads(1)
+    arm = ARMS[arm_name]
+    out = Path(out)
+    root = out / "data"
+    steps = setup["steps"]
+    config = base_config(steps, **arm.overrides)
+    arch = ViTArch(**setup["arch"])
+
+    if arm.pretrained:
+        vit, _ = load_standin(setup["standin"])
+    else:
+        torch.manual_seed(seed)
+        vit = arch.build(num_classes=0)
+    torch.manual_seed(seed)  # the heads: the same for every arm of one seed
+    train_set = VOCTrainViews(root, "train", crop_size=arch.img_size, seed=seed)
+    val_set = VOCSegmentation(root, "val")
+    net = MCCNet(vit, train_set.num_classes - 1, config)
+    settings = TrainSettings(
+        work_dir=str(out / "work" / arm_name / f"seed{seed}"),
+        max_iters=steps,
+        batch_size=setup["batch_size"],
+        base_lr=setup["lr"],
+        warmup_iters=steps // 10,
+        seed=seed,
+        num_workers=0,
+        log_every=steps,
+        eval_every=0,
+        eval_at_end=False,
+        save_every=0,
+        save_best=False,
+    )
+    tic = time.perf_counter()
+    result = train(net, train_set, settings, device="cpu", log=lambda message: None)
+    trained = time.perf_counter()
+    scores = evaluate(net, val_set, device="cpu", pseudo_labels=True, bkg_thre=0.5, flip=True)
+    tail = result.history[-max(1, steps // 10) :]  # the last 10 % of the steps
+    losses = {name: sum(h[name] for h in tail) / len(tail) for name in tail[0] if name not in ("step", "lr")}
+    record = {
+        "arm": arm_name,
+        "seed": seed,
+        "setup": setup,
+        "config": dataclasses.asdict(config),
+        "pretrained": arm.pretrained,
+        "miou": {name: 100 * scores[name].miou for name in METRICS},
+        "target_coverage": 100 * scores["pseudo_train_coverage"].pixel_accuracy,
+        "final_losses": losses,
+        "train_s": trained - tic,
+        "eval_s": time.perf_counter() - trained,
+    }
+    _write_json(run_path(out, arm_name, seed), record)
+    return record
+
+
+# -- aggregation ---------------------------------------------------------------------------------------------
+
+
+def _mean_std(values: list[float]) -> dict[str, float]:
+    mean = sum(values) / len(values)
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+    return {"mean": mean, "std": std, "n": len(values)}
+
+
+def background_baseline(root: Path) -> float:
+    """mIoU (%) of labelling every validation pixel background."""
+    val_set = VOCSegmentation(root, "val")
+    matrix = ConfusionMatrix(val_set.num_classes)
+    for index in range(len(val_set)):
+        mask = val_set[index]["mask"]
+        matrix.update(torch.zeros_like(mask), mask)
+    return 100 * matrix.compute().miou
+
+
+def summarise(records: list[dict[str, Any]], arms: list[str], background: float) -> dict[str, Any]:
+    by_arm: dict[str, dict[int, dict]] = {}
+    for record in records:
+        by_arm.setdefault(record["arm"], {})[record["seed"]] = record
+    summary: dict[str, Any] = {}
+    for name in arms:
+        runs = by_arm.get(name, {})
+        if not runs:
+            continue
+        entry: dict[str, Any] = {
+            "description": ARMS[name].description,
+            "reference": ARMS[name].reference,
+            "seeds": sorted(runs),
+            "miou": {m: _mean_std([r["miou"][m] for r in runs.values()]) for m in METRICS},
+            "target_coverage": _mean_std([r["target_coverage"] for r in runs.values()]),
+            "positive_rate": _mean_std([r["final_losses"]["positive_rate"] for r in runs.values()]),
+            "train_s": _mean_std([r["train_s"] for r in runs.values()]),
+        }
+        reference = by_arm.get(ARMS[name].reference or "", {})
+        paired = sorted(set(runs) & set(reference))
+        if paired:
+            entry["difference"] = {
+                m: _mean_std([runs[s]["miou"][m] - reference[s]["miou"][m] for s in paired]) for m in METRICS
+            }
+            entry["difference_seeds"] = paired
+        summary[name] = entry
+    return {"background_miou": background, "arms": summary}
+
+
+def markdown_table(summary: dict[str, Any]) -> str:
+    header = "| arm | " + " | ".join(METRIC_NAMES[m] for m in METRICS) + " | seeds |"
+    lines = [header, "|" + "---|" * (len(METRICS) + 2)]
+    for name, entry in summary["arms"].items():
+        cells = [f"{entry['miou'][m]['mean']:.1f} ± {entry['miou'][m]['std']:.1f}" for m in METRICS]
+        lines.append(
+            f"| `{name}`: {entry['description']} | " + " | ".join(cells) + f" | {len(entry['seeds'])} |"
+        )
+    background = f"{summary['background_miou']:.1f}"
+    lines.append(f"| all-background prediction | {background} | {background} | | {background} | |")
+    lines += ["", "Paired difference to the reference arm (same seeds), mean ± std over seeds:", ""]
+    lines += ["| arm | vs | " + " | ".join(f"Δ {METRIC_NAMES[m]}" for m in METRICS) + " |"]
+    lines.append("|" + "---|" * (len(METRICS) + 2))
+    for name, entry in summary["arms"].items():
+        if "difference" in entry:
+            cells = [
+                f"{entry['difference'][m]['mean']:+.1f} ± {entry['difference'][m]['std']:.1f}"
+                for m in METRICS
+            ]
+            lines.append(f"| `{name}` | `{entry['reference']}` | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(summary: dict[str, Any], path: Path) -> None:
+    """Per-arm bars (mean over seeds) with std error bars, one group per metric."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    arms = list(summary["arms"])
+    fig, ax = plt.subplots(figsize=(max(8, 1.1 * len(arms) * len(METRICS) / 2.5), 4.5))
+    width = 0.8 / max(1, len(arms))
+    colors = plt.get_cmap("tab10")
+    for i, name in enumerate(arms):
+        entry = summary["arms"][name]
+        xs = [j + (i - (len(arms) - 1) / 2) * width for j in range(len(METRICS))]
+        means = [entry["miou"][m]["mean"] for m in METRICS]
+        stds = [entry["miou"][m]["std"] for m in METRICS]
+        ax.bar(xs, means, width, yerr=stds, capsize=2, label=name, color=colors(i % 10))
+    ax.axhline(summary["background_miou"], color="black", linestyle="--", linewidth=1, label="all background")
+    ax.set_xticks(range(len(METRICS)), [METRIC_NAMES[m] for m in METRICS])
+    ax.set_ylabel("mIoU (%), synthetic val")
+    ax.set_ylim(0, 100)
+    ax.legend(fontsize=7, ncol=2, loc="upper left")
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# -- main ----------------------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = build_parser().parse_args(argv)
+    if args.list:
+        for name, arm in ARMS.items():
+            print(f"{name:14s} {arm.description}  {arm.overrides}")
+        return {}
+    arms = [a for a in args.arms.split(",") if a]
+    unknown = [a for a in arms if a not in ARMS]
+    if unknown or not arms:
+        raise ValueError(f"--arms: unknown arm(s) {unknown}; known: {', '.join(ARMS)}")
+    if args.jobs < 1 or args.steps < 10:
+        raise ValueError("--jobs must be >= 1 and --steps >= 10")
+    out = Path(args.out)
+    torch.set_num_threads(1)
+
+    standin = Path(args.standin)
+    if any(ARMS[a].pretrained for a in arms):
+        from mcc.cli.pretrain import ensure_standin
+
+        ensure_standin(standin, args.standin_args.split())
+        _, meta = load_standin(standin)
+        arch = ViTArch(**torch.load(standin, map_location="cpu", weights_only=True)["arch"])
+    else:
+        meta, arch = {}, ViTArch()
+    setup = _setup(args, arch)
+    root = out / "data"
+    if not (root / "classes.txt").is_file():
+        make_synthetic_voc(root, args.num_train, args.num_val, arch.img_size, seed=0)
+
+    records, tasks = [], []
+    for seed in args.seeds:  # seed-major: a partial run covers every arm
+        for arm in arms:
+            path = run_path(out, arm, seed)
+            if path.is_file():
+                record = json.loads(path.read_text())
+                if record.get("setup") == setup:
+                    records.append(record)
+                    continue
+                print(f"{path}: made with other settings, running it again")
+            tasks.append((arm, seed, setup, str(out)))
+    print(f"{len(records)} run(s) done before, {len(tasks)} to run on {args.jobs} job(s)", flush=True)
+
+    tic = time.perf_counter()
+    if tasks:
+        if args.jobs == 1:
+            results = map(run_one, tasks)
+        else:
+            pool = multiprocessing.get_context("spawn").Pool(args.jobs)
+            results = pool.imap_unordered(run_one, tasks)
+        for record in results:
+            records.append(record)
+            m = record["miou"]
+            print(
+                f"[{time.perf_counter() - tic:6.0f}s] {record['arm']:13s} seed {record['seed']}: "
+                + " ".join(f"{METRIC_NAMES[k]} {m[k]:.1f}" for k in METRICS)
+                + f" ({record['train_s']:.0f}s train)",
+                flush=True,
+            )
+        if args.jobs > 1:
+            pool.close()
+            pool.join()
+
+    summary = summarise(records, arms, background_baseline(root))
+    results = {
+        "command": "python examples/ablate.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "setup": setup,
+        "standin": meta,
+        **summary,
+        "runs": sorted(records, key=lambda r: (r["arm"], r["seed"])),
+    }
+    _write_json(out / "results.json", results)
+    table = markdown_table(summary)
+    (out / "table.md").write_text(table)
+    plot(summary, out / "ablation.png")
+    print(table)
+    print(f"wrote {out / 'results.json'}, {out / 'table.md'}, {out / 'ablation.png'}")
+    return results
+
+
+if __name__ == "__main__":
+    main()
