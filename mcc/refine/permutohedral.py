@@ -206,7 +206,9 @@ class PermutohedralLattice:
         flat = values.to(self.dtype).reshape(-1, channels)
         lattice = self._splat_plain(flat) if plain else torch.sparse.mm(self._sparse("splat"), flat)
         for n1, n2 in reversed(self._neighbours) if reverse else self._neighbours:
-            lattice = (lattice.index_select(0, n1) + lattice.index_select(0, n2)) * 0.5 + lattice
+            blurred = lattice.index_select(0, n1)
+            blurred = blurred.add_(lattice.index_select(0, n2)).mul_(0.5).add_(lattice)
+            lattice = blurred
         if plain or self.device.type != "cpu":
             out = self._slice_plain(lattice)
         else:

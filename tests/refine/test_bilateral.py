@@ -233,3 +233,13 @@ def test_cuda_matches_cpu():
     gpu = bilateral_filter(image.cuda(), values.cuda(), 15.0, 50.0)
     assert gpu.device.type == "cuda"
     assert (gpu.cpu() - cpu).abs().max() / cpu.abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_sparse_products_equal_the_plain_gathers(dtype):
+    # The default splat and slice are CSR matrix products; the plain twin uses index_add and gathers.
+    features = bilateral_features(random_image(2, 23, 19, dtype=dtype), 15.0, 50.0)
+    lattice = PermutohedralLattice(features)
+    values = torch.rand(2, 23 * 19, 3, dtype=dtype)
+    assert torch.equal(lattice.filter(values), lattice.filter(values, plain=True))
+    assert torch.equal(lattice.filter(values, reverse=True), lattice.filter(values, reverse=True, plain=True))
