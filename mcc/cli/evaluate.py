@@ -32,7 +32,7 @@ from mcc.training import (
 )
 from mcc.training.evaluation import evaluate
 
-__all__ = ["build_parser", "main"]
+__all__ = ["build_parser", "main", "run"]
 
 LABELS = {
     "cam": "CAM",
@@ -100,7 +100,7 @@ def _print_scores(record: dict, class_names: list[str], args: argparse.Namespace
                 print(f"    {class_name:>16s} {'n/a' if iou is None else f'{iou:6.2f}'}")
 
 
-def main(argv: list[str] | None = None) -> dict:
+def run(argv: list[str] | None = None) -> dict:
     """Parses the command line, scores, writes the files; returns the ``metrics.json`` record."""
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -185,6 +185,11 @@ def main(argv: list[str] | None = None) -> dict:
     finally:
         cleanup_distributed()
         sys.stdout.flush()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point (returns nothing, so the exit status is 0 on success)."""
+    run(argv)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ import torch
 from mcc.cli._common import HelpFormatter, add_data_arguments, add_run_arguments, make_crf, open_split
 from mcc.training import cleanup_distributed, init_distributed, make_pseudo_labels, net_from_checkpoint
 
-__all__ = ["build_parser", "main"]
+__all__ = ["build_parser", "main", "run"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,8 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> dict:
-    """Parses the command line and writes the pseudo labels; returns the ``metrics.json`` record."""
+def run(argv: list[str] | None = None) -> dict:
+    """Parses the command line, writes the pseudo labels; returns the ``metrics.json`` record."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.max_images is not None and args.max_images < 1:
@@ -118,6 +118,11 @@ def main(argv: list[str] | None = None) -> dict:
     finally:
         cleanup_distributed()
         sys.stdout.flush()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point (returns nothing, so the exit status is 0 on success)."""
+    run(argv)
 
 
 if __name__ == "__main__":

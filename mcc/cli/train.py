@@ -368,6 +368,10 @@ def main_coco(argv: list[str] | None = None) -> None:
 
 def _module_main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] in (["-h"], ["--help"]):
+        print("usage: python -m mcc.cli.train {voc,coco} [options]; the options (VOC defaults shown):\n")
+        print(build_parser("voc").format_help())
+        return
     if not argv or argv[0] not in DATASET_DEFAULTS:
         sys.exit("usage: python -m mcc.cli.train {voc,coco} [options]   (python -m mcc.cli.train voc --help)")
     main(argv[0], argv[1:])

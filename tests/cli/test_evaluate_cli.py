@@ -19,7 +19,7 @@ from mcc.training.outputs import VOC_TEST_RESULTS
 
 
 def _run(root, checkpoint, *argv):
-    return evaluate_cli.main(
+    return evaluate_cli.run(
         ["--checkpoint", str(checkpoint), "--data-root", str(root), "--device", "cpu", "--scales", "1.0",
          *argv]
     )  # fmt: skip

@@ -15,7 +15,7 @@ from mcc.training import ConfusionMatrix, evaluate, make_pseudo_labels, net_from
 
 
 def _run(root, checkpoint, out, *argv):
-    return pseudo_cli.main(
+    return pseudo_cli.run(
         ["--checkpoint", str(checkpoint), "--data-root", str(root), "--split", "train", "--device", "cpu",
          "--out-dir", str(out), "--scales", "1.0", *argv]
     )  # fmt: skip
