@@ -30,8 +30,10 @@ class MCCConfig:
         num_views: masked local views per image (code: 8).
         mu: positiveness threshold of Eq. 8 (paper: 0.2).
         positive_cam: CAM that judges positiveness, "aux" (paper, Eq. 9) or "final".
-        final_cam_positives_from: step from which the final CAM judges positiveness whatever
-            ``positive_cam`` says (code, VOC: 12000; COCO and paper: never, None).
+        final_cam_positives_from: step from which (``step >= final_cam_positives_from``) the final CAM
+            judges positiveness whatever ``positive_cam`` says. Code, VOC: 12001, since the published
+            loop switches when its 0-based ``n_iter > 12000`` (``step`` is that ``n_iter``); COCO and
+            paper: never, None (docs/method.md section 7).
         temperature: InfoNCE temperature tau (paper: 0.5).
         infonce_eps: constant in the InfoNCE denominators (code: 1e-4).
         infonce_variant: "reference" (the published code's formula) or "paper" (Eq. 10).
@@ -45,7 +47,20 @@ class MCCConfig:
         w_affinity: lambda_a (paper: 0.2).
         w_mcc: lambda_m (paper: 0.5).
         w_seg: weight of the segmentation loss once active (code: 0.1; paper Eq. 7: 1).
-        seg_start_step: the segmentation loss counts from this step on (code: VOC 2000, COCO 8000).
+        seg_start_step: the segmentation and regularised losses count from this step on
+            (``step >= seg_start_step``). Code: VOC 2001, COCO 8001, since the published loop weighs
+            them 0 while its 0-based ``n_iter <= 2000`` (COCO 8000); the paper does not say, so
+            :meth:`paper` keeps these values (docs/method.md section 7).
+        w_reg: weight of the regularised loss :func:`~mcc.losses.dense_energy_loss` once active (code:
+            0.05; paper: 0, the paper's text has no such term). At weight 0 the term is not computed.
+        reg_energy_weight: the loss's own factor ``weight`` (code: 1e-7).
+        reg_sigma_rgb: colour bandwidth of its bilateral filter, 0-255 units (code: 15).
+        reg_sigma_xy: spatial bandwidth of its bilateral filter in crop pixels (code: 100).
+        reg_scale_factor: the loss runs at this fraction of the crop size (code: 0.5).
+        par_image: the image PAR sees when making the segmentation pseudo label: "uint8" (code: the
+            de-normalised crop cast to uint8 with truncation, then / 255) or "float" (the continuous
+            de-normalised crop clamped to [0, 1]). The paper does not say; :meth:`paper` keeps "uint8"
+            (docs/method.md section 7).
         par_dilations: PAR neighbourhood dilations (code: 1, 2, 4, 8, 12, 24).
         par_iters: PAR iterations (code: 10).
         par_down_scale: PAR runs at 1/down_scale of the crop (code: 2).
@@ -53,6 +68,11 @@ class MCCConfig:
         head_lr_scale: learning-rate multiple of classifiers, projector and decoder (code: 10).
         decoder_dim: LargeFOV width (code: 512).
         decoder_dilation: LargeFOV dilation (code: 5).
+        decoder_bias: LargeFOV convolutions with biases (code: False, its convolutions have none).
+        decoder_init: LargeFOV weight initialisation: "default" (code: PyTorch's default conv init, the
+            published ``_init_weights`` is never called) or "kaiming" (Kaiming-normal fan-out weights, zero
+            biases, what that unused method would do). The paper does not say; :meth:`paper` keeps the
+            code's False / "default" (docs/method.md section 7).
         seg_target: segmentation target of the training step: ``"par"`` (the final CAM refined by PAR,
             paper and code) or ``"cam"`` (the three-way thresholded final CAM, no PAR; an ablation
             knock-out, not part of the method).
@@ -71,7 +91,7 @@ class MCCConfig:
     num_views: int = 8
     mu: float = 0.2
     positive_cam: Literal["aux", "final"] = "aux"
-    final_cam_positives_from: int | None = 12000
+    final_cam_positives_from: int | None = 12001
     temperature: float = 0.5
     infonce_eps: float = 1e-4
     infonce_variant: Literal["reference", "paper"] = "reference"
@@ -85,7 +105,13 @@ class MCCConfig:
     w_affinity: float = 0.2
     w_mcc: float = 0.5
     w_seg: float = 0.1
-    seg_start_step: int = 2000
+    seg_start_step: int = 2001
+    w_reg: float = 0.05
+    reg_energy_weight: float = 1e-7
+    reg_sigma_rgb: float = 15.0
+    reg_sigma_xy: float = 100.0
+    reg_scale_factor: float = 0.5
+    par_image: Literal["uint8", "float"] = "uint8"
     par_dilations: tuple[int, ...] = (1, 2, 4, 8, 12, 24)
     par_iters: int = 10
     par_down_scale: int = 2
@@ -93,6 +119,8 @@ class MCCConfig:
     head_lr_scale: float = 10.0
     decoder_dim: int = 512
     decoder_dilation: int = 5
+    decoder_bias: bool = False
+    decoder_init: Literal["default", "kaiming"] = "default"
     seg_target: Literal["par", "cam"] = "par"
     mcc_warmup_steps: int = 0
 
@@ -109,6 +137,13 @@ class MCCConfig:
             raise ValueError("num_views and mask_scale must be >= 1")
         if not 0.0 <= self.momentum <= 1.0:
             raise ValueError(f"momentum must be in [0, 1], got {self.momentum}")
+        if self.par_image not in ("uint8", "float"):
+            raise ValueError(f"par_image must be 'uint8' or 'float', got {self.par_image!r}")
+        if self.decoder_init not in ("default", "kaiming"):
+            raise ValueError(f"decoder_init must be 'default' or 'kaiming', got {self.decoder_init!r}")
+        for name in ("reg_sigma_rgb", "reg_sigma_xy", "reg_scale_factor"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if self.seg_target not in ("par", "cam"):
             raise ValueError(f"seg_target must be 'par' or 'cam', got {self.seg_target!r}")
         if self.mcc_warmup_steps < 0:
@@ -116,15 +151,19 @@ class MCCConfig:
 
     @classmethod
     def released(cls, dataset: Literal["voc", "coco"] = "voc", **overrides) -> MCCConfig:
-        """The published code's settings: ratio 0.95, reference InfoNCE, final-CAM positives on VOC."""
+        """The published code's settings: ratio 0.95, reference InfoNCE, final-CAM positives on VOC, rloss."""
         if dataset not in ("voc", "coco"):
             raise ValueError(f"dataset must be 'voc' or 'coco', got {dataset!r}")
-        base = cls() if dataset == "voc" else cls(seg_start_step=8000, final_cam_positives_from=None)
+        base = cls() if dataset == "voc" else cls(seg_start_step=8001, final_cam_positives_from=None)
         return dataclasses.replace(base, **overrides)
 
     @classmethod
     def paper(cls, dataset: Literal["voc", "coco"] = "voc", **overrides) -> MCCConfig:
-        """The paper's text: ratio 0.75, aux-CAM positives, InfoNCE of Eq. 10, plain cosine, w_seg 1."""
+        """The paper's text: ratio 0.75, aux-CAM positives, InfoNCE of Eq. 10, plain cos, w_seg 1, no rloss.
+
+        Where the paper's text is silent (schedule boundaries, the image PAR sees, the decoder's biases and
+        initialisation) it keeps the published code's values.
+        """
         base = cls.released(dataset)
         paper = dataclasses.replace(
             base,
@@ -134,8 +173,40 @@ class MCCConfig:
             infonce_variant="paper",
             affinity_absolute=False,
             w_seg=1.0,
+            w_reg=0.0,
         )
         return dataclasses.replace(paper, **overrides)
+
+    def scaled_schedule(self, max_iters: int, published_iters: int = 20000) -> MCCConfig:
+        """This config with its step switches moved to a run of ``max_iters`` steps.
+
+        The switches are absolute steps of the published run (VOC 20000 steps, COCO 80000): a much
+        shorter run with them unchanged never trains the decoder. ``seg_start_step`` and
+        ``final_cam_positives_from`` (when set) become :func:`~mcc.schedule.scale_step`
+        ``(step, max_iters, published_iters)``, i.e. ``round(step * max_iters / published_iters)``, at
+        least 1; every other field is unchanged. Scale the warm-up with
+        :func:`~mcc.schedule.scaled_warmup_iters` (``TrainSettings(warmup_iters=...)``).
+
+        Args:
+            max_iters: length of the run, >= 1.
+            published_iters: length of the run the switches belong to (VOC 20000; use 80000 for the
+                COCO preset).
+
+        Returns:
+            a new :class:`MCCConfig`.
+
+        Example:
+            >>> MCCConfig.released().scaled_schedule(800).seg_start_step  # 2001 of 20000 steps
+            80
+        """
+        from mcc.schedule import scale_step
+
+        switch = self.final_cam_positives_from
+        return dataclasses.replace(
+            self,
+            seg_start_step=scale_step(self.seg_start_step, max_iters, published_iters),
+            final_cam_positives_from=None if switch is None else scale_step(switch, max_iters, published_iters),
+        )
 
     def positives_from_final_cam(self, step: int) -> bool:
         """Whether the final CAM (rather than the aux CAM) judges positiveness at ``step``."""
@@ -145,6 +216,10 @@ class MCCConfig:
     def seg_weight(self, step: int) -> float:
         """Weight of the segmentation loss at ``step`` (0 before ``seg_start_step``)."""
         return self.w_seg if step >= self.seg_start_step else 0.0
+
+    def reg_weight(self, step: int) -> float:
+        """Weight of the regularised loss at ``step``: ``w_reg`` from ``seg_start_step`` on, else 0."""
+        return self.w_reg if step >= self.seg_start_step else 0.0
 
     def mcc_weight(self, step: int) -> float:
         """Weight of the masked contrast at ``step``: ``w_mcc``, ramped over ``mcc_warmup_steps``."""

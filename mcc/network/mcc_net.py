@@ -17,6 +17,7 @@ from mcc.losses import (
     MomentumProjector,
     affinity_labels,
     affinity_loss,
+    dense_energy_loss,
     mcc_infonce,
     positive_views,
     segmentation_loss,
@@ -42,6 +43,8 @@ class MCCLosses(NamedTuple):
         affinity: token affinity loss (Eq. 12).
         mcc: masked collaborative contrast (Eq. 10).
         seg: segmentation loss against the PAR-refined pseudo label (counted from ``seg_start_step``).
+        reg: regularised loss :func:`~mcc.losses.dense_energy_loss` of the decoder output (counted with
+            weight ``w_reg`` from ``seg_start_step``; a zero tensor, not computed, while that weight is 0).
         positive_rate: fraction of local views judged positive (a statistic, no gradient).
     """
 
@@ -51,6 +54,7 @@ class MCCLosses(NamedTuple):
     affinity: torch.Tensor
     mcc: torch.Tensor
     seg: torch.Tensor
+    reg: torch.Tensor
     positive_rate: torch.Tensor
 
     def as_dict(self) -> dict[str, float]:
@@ -122,7 +126,9 @@ class MCCNet(nn.Module):
         dim = self.encoder.embed_dim
         self.classifier = nn.Conv2d(dim, num_classes, 1, bias=False)
         self.aux_classifier = nn.Conv2d(dim, num_classes, 1, bias=False)
-        self.decoder = LargeFOV(dim, num_classes + 1, cfg.decoder_dim, cfg.decoder_dilation)
+        self.decoder = LargeFOV(
+            dim, num_classes + 1, cfg.decoder_dim, cfg.decoder_dilation, cfg.decoder_bias, cfg.decoder_init
+        )
         self.projector = MomentumProjector(
             dim,
             out_dim=cfg.projector_dim,
@@ -134,6 +140,11 @@ class MCCNet(nn.Module):
         self.mask_sampler = ScaledBernoulliKeyMask(cfg.mask_ratio, cfg.mask_scale)
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(1, 3, 1, 1), persistent=False)
+        # 0-255 constants rounded once from float64, as the published code's 58.395, 123.675, ...
+        std_255 = (torch.tensor(pixel_std, dtype=torch.float64) * 255).float().view(1, 3, 1, 1)
+        mean_255 = (torch.tensor(pixel_mean, dtype=torch.float64) * 255).float().view(1, 3, 1, 1)
+        self.register_buffer("_std_255", std_255, persistent=False)
+        self.register_buffer("_mean_255", mean_255, persistent=False)
         if cfg.freeze_pos_embed and getattr(vit, "pos_embed", None) is not None:
             vit.pos_embed.requires_grad_(False)
 
@@ -274,7 +285,7 @@ class MCCNet(nn.Module):
         else:
             pseudo_label = _refine(
                 self.par,
-                self.denormalize(x),
+                self._par_image(x),
                 cam,
                 cls_label,
                 cfg.high_thre,
@@ -364,15 +375,35 @@ class MCCNet(nn.Module):
         )
         loss_seg = segmentation_loss(seg_logits, labels.pseudo_label, cfg.ignore_index)
 
+        # The published regularised loss on the same logits; skipped while its weight is 0.
+        reg_weight = cfg.reg_weight(step)
+        if reg_weight != 0.0:
+            loss_reg = dense_energy_loss(
+                self._image_255(x),
+                seg_logits,
+                labels.pseudo_label,
+                img_box,
+                weight=cfg.reg_energy_weight,
+                sigma_rgb=cfg.reg_sigma_rgb,
+                sigma_xy=cfg.reg_sigma_xy,
+                scale_factor=cfg.reg_scale_factor,
+                ignore_index=cfg.ignore_index,
+            )
+        else:
+            loss_reg = loss_seg.new_zeros(())
+
         total = (
             cfg.w_cls * loss_cls
             + cfg.w_cls_aux * loss_cls_aux
             + cfg.w_affinity * loss_affinity
             + cfg.mcc_weight(step) * loss_mcc
             + cfg.seg_weight(step) * loss_seg
+            + reg_weight * loss_reg
         )
         positive_rate = labels.positive.float().mean()
-        return MCCLosses(total, loss_cls, loss_cls_aux, loss_affinity, loss_mcc, loss_seg, positive_rate)
+        return MCCLosses(
+            total, loss_cls, loss_cls_aux, loss_affinity, loss_mcc, loss_seg, loss_reg, positive_rate
+        )
 
     def _encode(self, x, v1, v2, key_mask, fast: bool):
         """Main tokens of x, student / teacher global class tokens (B, 2, D), local class tokens (B, V, D)."""
@@ -395,6 +426,16 @@ class MCCNet(nn.Module):
                 teacher_global = torch.stack([self.encoder(x).cls, self.encoder(v1).cls], dim=1)
             local = self.encoder(v2, key_mask, drop_tokens=False).cls
         return main, student_global, teacher_global, local
+
+    def _image_255(self, x: torch.Tensor) -> torch.Tensor:
+        # RGB 0-255 of the normalised input, neither clamped nor rounded (the rloss image)
+        return x.to(torch.promote_types(x.dtype, torch.float32)) * self._std_255 + self._mean_255
+
+    def _par_image(self, x: torch.Tensor) -> torch.Tensor:
+        # RGB in [0, 1] for PAR: the published 8-bit image (truncated to uint8, / 255) or the continuous one
+        if self.config.par_image == "float":
+            return self.denormalize(x)
+        return self._image_255(x).trunc().clamp(0, 255) / 255.0
 
     def _box_to_tokens(self, img_box: torch.Tensor) -> torch.Tensor:
         # Tokens wholly inside the pixel box: starts round up, ends round down (end exclusive).

@@ -8,6 +8,7 @@ import json
 import math
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,17 +21,17 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 
 from mcc.data import seed_worker
-from mcc.network import MCCNet, MCCTrainingStep
-from mcc.schedule import poly_warmup_lr
+from mcc.network import MCCConfig, MCCNet, MCCTrainingStep
+from mcc.schedule import poly_warmup_lr, scaled_warmup_iters
 from mcc.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from mcc.training.distributed import DistributedContext, init_distributed
 from mcc.training.evaluation import evaluate
 from mcc.training.outputs import scores_record, write_json
 from mcc.training.sampler import StepBatchSampler
 
-__all__ = ["TrainResult", "TrainSettings", "resolve_resume", "train"]
+__all__ = ["TrainResult", "TrainSettings", "resolve_resume", "schedule_warnings", "train"]
 
-LOSS_NAMES = ("total", "cls", "cls_aux", "affinity", "mcc", "seg", "positive_rate")
+LOSS_NAMES = ("total", "cls", "cls_aux", "affinity", "mcc", "seg", "reg", "positive_rate")
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,9 @@ class TrainSettings:
         base_lr: encoder learning rate (heads: ``x head_lr_scale`` of the config).
         weight_decay: AdamW weight decay.
         betas: AdamW betas.
-        warmup_iters, warmup_ratio, power: :func:`~mcc.poly_warmup_lr`.
+        warmup_iters, warmup_ratio, power: :func:`~mcc.poly_warmup_lr`. ``warmup_iters`` may not exceed
+            ``max_iters`` (ValueError); for a short run use :func:`~mcc.schedule.scaled_warmup_iters`
+            with :meth:`~mcc.MCCConfig.scaled_schedule`.
         seed: seed of the batch order and of the key masks (the data's own seed is separate).
         num_workers: DataLoader workers per rank.
         amp: bf16 autocast on CUDA (ignored, with a message, elsewhere).
@@ -111,6 +114,12 @@ class TrainSettings:
             raise ValueError(f"stop_after must be >= 1 or None, got {self.stop_after}")
         if self.base_lr <= 0:
             raise ValueError(f"base_lr must be > 0, got {self.base_lr}")
+        if self.warmup_iters > self.max_iters:
+            raise ValueError(
+                f"warmup_iters ({self.warmup_iters}) must not exceed max_iters ({self.max_iters}): the run "
+                "would end inside the warm-up at a tiny learning rate (scaled_warmup_iters(max_iters) gives "
+                "the published warm-up scaled to the run)"
+            )
 
 
 @dataclass
@@ -148,6 +157,44 @@ def resolve_resume(resume: str | None, work_dir: str | Path) -> Path | None:
     if not path.is_file():
         raise FileNotFoundError(f"resume: checkpoint not found: {path}")
     return path
+
+
+def schedule_warnings(config: MCCConfig, settings: TrainSettings) -> list[str]:
+    """One line per schedule switch that a run of ``settings.max_iters`` steps never reaches.
+
+    The switches are absolute steps: the end of the warm-up (``warmup_iters``), the start of the
+    segmentation (and regularised) loss (``seg_start_step``) and of the final-CAM positives
+    (``final_cam_positives_from``, unless ``positive_cam == "final"``). A switch at or after
+    ``max_iters`` never happens. :func:`train` logs these lines and issues them as ``UserWarning``.
+
+    Args:
+        config: the network's :class:`~mcc.MCCConfig`.
+        settings: the run's :class:`TrainSettings`.
+
+    Returns:
+        the warning lines (empty when every switch happens within the run).
+    """
+    max_iters = settings.max_iters
+    hint = f"use MCCConfig.scaled_schedule({max_iters}) for the published schedule scaled to this run"
+    lines = []
+    if settings.warmup_iters and settings.warmup_iters >= max_iters:
+        lines.append(
+            f"the warm-up ends at warmup_iters ({settings.warmup_iters}), not before max_iters ({max_iters}): "
+            f"the learning rate never reaches its peak (scaled_warmup_iters({max_iters}) = "
+            f"{scaled_warmup_iters(max_iters)})"
+        )
+    if config.seg_start_step >= max_iters:
+        lines.append(
+            f"seg_start_step ({config.seg_start_step}) >= max_iters ({max_iters}): the segmentation loss "
+            f"never counts and the decoder is never trained; {hint}"
+        )
+    switch = config.final_cam_positives_from
+    if switch is not None and config.positive_cam != "final" and switch >= max_iters:
+        lines.append(
+            f"final_cam_positives_from ({switch}) >= max_iters ({max_iters}): the final CAM never judges "
+            f"positiveness; {hint}"
+        )
+    return lines
 
 
 def _mask_seed(seed: int, step: int, micro_batch: int) -> int:
@@ -317,6 +364,10 @@ def train(
         log(f"amp: bf16 autocast is used on CUDA only; running in float32 on {device}")
     if getattr(train_set, "seed", 0) is None:
         log("train_set has no seed: its random views depend on the workers, so a resume is not exact")
+    if context.is_main:
+        for line in schedule_warnings(net.config, settings):
+            log(f"warning: {line}")
+            warnings.warn(line, UserWarning, stacklevel=2)
 
     net.to(device)
     net.train()

@@ -5,6 +5,7 @@ from energy_reference import brute_force_filter, reference_energy
 import mcc
 from mcc.losses import dense_energy_loss
 from mcc.losses import energy as energy_module
+from mcc.refine import bilateral_filter
 
 
 @pytest.fixture
@@ -51,6 +52,19 @@ def test_value_and_gradient_match_reference(exact_filter, dtype, height, width, 
     assert loss.item() == pytest.approx(value, rel=tol)
     assert value < 0
     assert _relative(logits.grad.double(), grad) < (1e-4 if dtype == torch.float32 else 1e-9)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_with_the_lattice_matches_reference(dtype):
+    # the real permutohedral filter on both sides, published sigmas
+    image, logits, label = _inputs(height=32, width=30, dtype=dtype)
+    img_box = torch.tensor([[0, 32, 2, 30], [4, 28, 0, 25]])
+    loss = dense_energy_loss(image, logits, label, img_box)
+    loss.backward()
+    value, grad = reference_energy(image, logits, label, img_box, filter_fn=bilateral_filter)
+    assert value < 0 and loss.dtype == dtype
+    assert loss.item() == pytest.approx(value, rel=1e-5)
+    assert _relative(logits.grad.double(), grad) < 1e-4
 
 
 def test_gradient_is_the_published_one_not_autograds(exact_filter):

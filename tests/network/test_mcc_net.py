@@ -102,9 +102,36 @@ def test_total_is_the_weighted_sum_and_seg_starts_late():
             + cfg.w_affinity * losses.affinity
             + cfg.w_mcc * losses.mcc
             + cfg.seg_weight(step) * losses.seg
+            + cfg.reg_weight(step) * losses.reg
         )
         torch.testing.assert_close(losses.total, expected)
+        # the regularised loss is not computed before it counts, and is a negative energy after
+        assert (float(losses.reg.detach()) == 0.0) == (step < cfg.seg_start_step)
+        assert float(losses.reg.detach()) <= 0.0
     assert cfg.seg_weight(cfg.seg_start_step - 1) == 0.0 and cfg.seg_weight(cfg.seg_start_step) == 0.1
+    assert cfg.reg_weight(cfg.seg_start_step - 1) == 0.0 and cfg.reg_weight(cfg.seg_start_step) == 0.05
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+def test_fast_step_equals_plain_step_when_the_reg_term_dominates(dtype):
+    # segmentation off and the energy weighted up, so that the decoder's gradient is the reg term's
+    config = MCCConfig.released(w_seg=0.0, reg_energy_weight=1e-2, **SMALL)
+    fast_net = small_net(config, dtype=dtype)
+    plain_net = copy.deepcopy(fast_net)
+    inputs = batch(dtype)
+    key_mask = mixed_key_mask(fast_net)
+    fast = fast_net.training_losses(*inputs, 2500, key_mask=key_mask)
+    plain = plain_net.training_losses(*inputs, 2500, key_mask=key_mask, fast=False)
+    assert float(fast.reg) < 0
+    loss_tol, grad_tol = (1e-5, 1e-4) if dtype == torch.float32 else (1e-12, 1e-10)
+    assert _relative(fast.reg.detach(), plain.reg.detach()) < loss_tol
+    fast_net.zero_grad()
+    (config.w_reg * fast.reg).backward()
+    plain_net.zero_grad()
+    (config.w_reg * plain.reg).backward()
+    for (name, p), (_, q) in zip(fast_net.decoder.named_parameters(), plain_net.decoder.named_parameters()):
+        assert p.grad.abs().max() > 0, name
+        assert _relative(p.grad, q.grad) < grad_tol, name
 
 
 def test_training_reduces_the_loss_on_a_fixed_batch():
@@ -156,13 +183,24 @@ def test_presets_follow_their_sources():
     assert (released.mask_ratio, released.infonce_variant, released.final_cam_positives_from) == (
         0.95,
         "reference",
-        12000,
+        12001,
     )
     assert (paper.mask_ratio, paper.infonce_variant, paper.positive_cam) == (0.75, "paper", "aux")
     assert paper.final_cam_positives_from is None and paper.w_seg == 1.0 and not paper.affinity_absolute
     coco = MCCConfig.released("coco")
-    assert coco.seg_start_step == 8000 and coco.final_cam_positives_from is None
-    assert not released.positives_from_final_cam(11999) and released.positives_from_final_cam(12000)
+    assert coco.seg_start_step == 8001 and coco.final_cam_positives_from is None
+    # the published loop: seg/reg off while n_iter <= 2000 (COCO 8000), final-CAM positives once > 12000
+    assert not released.positives_from_final_cam(12000) and released.positives_from_final_cam(12001)
+    assert released.seg_weight(2000) == 0.0 and released.seg_weight(2001) == 0.1
+    assert released.reg_weight(2000) == 0.0 and released.reg_weight(2001) == 0.05
+    assert coco.seg_weight(8000) == 0.0 and coco.reg_weight(8001) == 0.05
+    assert paper.w_reg == 0.0 and paper.reg_weight(10**6) == 0.0
+    # where the paper is silent, paper() keeps the published details
+    for value in (released, paper, coco, MCCConfig.paper("coco")):
+        assert (value.par_image, value.decoder_bias, value.decoder_init) == ("uint8", False, "default")
+        assert (value.reg_energy_weight, value.reg_sigma_rgb, value.reg_sigma_xy) == (1e-7, 15.0, 100.0)
+        assert value.reg_scale_factor == 0.5
+    assert paper.seg_start_step == 2001 and MCCConfig.paper("coco").seg_start_step == 8001
     assert not paper.positives_from_final_cam(10**6)
     for value in (released, paper):
         assert (value.low_thre, value.high_thre, value.mu, value.temperature, value.momentum) == (
@@ -183,6 +221,9 @@ def test_presets_follow_their_sources():
         ({"positive_cam": "x"}, "positive_cam"),
         ({"infonce_variant": "x"}, "infonce_variant"),
         ({"momentum": 2.0}, "momentum"),
+        ({"par_image": "png"}, "par_image"),
+        ({"decoder_init": "xavier"}, "decoder_init"),
+        ({"reg_sigma_xy": 0.0}, "reg_sigma_xy"),
     ],
 )
 def test_config_rejects_bad_values(overrides, match):
@@ -253,3 +294,50 @@ def test_outside_the_box_is_never_supervised():
     assert (labels.pseudo_label[0, 64:] == 255).all() and (labels.pseudo_label[1, :, :40] == 255).all()
     # Token units: rows 4.. of image 0 lie outside; image 1's columns 0..2 hold pixels outside (40/16 = 2.5).
     assert (labels.token_label[0, 4:] == 255).all() and (labels.token_label[1, :, :3] == 255).all()
+
+
+def test_decoder_follows_the_config():
+    from torch import nn
+
+    from mcc.network import LargeFOV
+
+    net = small_net()
+    assert all(conv.bias is None for conv in (net.decoder.conv6, net.decoder.conv7, net.decoder.classifier))
+    # the published head: PyTorch's default init, drawn in the order conv6, conv7, classifier
+    torch.manual_seed(7)
+    head = LargeFOV(64, 6, 32, 5, bias=False, init="default")
+    torch.manual_seed(7)
+    plain = [
+        nn.Conv2d(64, 32, 3, bias=False),
+        nn.Conv2d(32, 32, 3, bias=False),
+        nn.Conv2d(32, 6, 1, bias=False),
+    ]
+    for conv, expected in zip((head.conv6, head.conv7, head.classifier), plain):
+        torch.testing.assert_close(conv.weight, expected.weight, rtol=0, atol=0)
+    # LargeFOV's own defaults stay what they were: biases at 0, Kaiming-normal fan-out weights
+    kaiming = LargeFOV(64, 6, 512, 5)
+    assert all(float(c.bias.abs().max()) == 0 for c in (kaiming.conv6, kaiming.conv7, kaiming.classifier))
+    assert float(kaiming.conv7.weight.std()) == pytest.approx((2 / (512 * 9)) ** 0.5, rel=0.02)
+    with_bias = small_net(MCCConfig.released(decoder_bias=True, decoder_init="kaiming", **SMALL))
+    assert with_bias.decoder.conv6.bias is not None and float(with_bias.decoder.conv6.bias.abs().max()) == 0
+    with pytest.raises(ValueError, match="init"):
+        LargeFOV(64, 6, init="xavier")
+
+
+def test_par_image_is_the_8bit_crop():
+    net = small_net()
+    x = batch()[0]
+    rgb = net._par_image(x)
+    expected = ((x * net.pixel_std + net.pixel_mean) * 255).trunc().clamp(0, 255) / 255
+    assert float((rgb * 255 - (rgb * 255).round()).abs().max()) < 1e-4  # whole 8-bit levels
+    assert float((rgb - expected).abs().max()) <= 1 / 255 + 1e-6
+    float_net = small_net(MCCConfig.released(par_image="float", **SMALL))
+    torch.testing.assert_close(float_net._par_image(x), float_net.denormalize(x))
+    # a pixel exactly on a level stays on it; one just below drops one level (truncation, not rounding)
+    level = (torch.tensor([100.0, 100.0, 100.0]) / 255 - net.pixel_mean.view(3)) / net.pixel_std.view(3)
+    image = level.view(1, 3, 1, 1).expand(1, 3, 2, 2).clone()
+    image[..., 1, 1] -= 1e-3
+    levels = (net._par_image(image) * 255).round()
+    assert (
+        levels[0, :, 0, 0].tolist() in ([100.0] * 3, [99.0] * 3) and levels[0, :, 1, 1].tolist() == [99.0] * 3
+    )
