@@ -10,9 +10,7 @@ __all__ = ["box_mask", "cam_to_label", "check_img_box"]
 BOX_ORDER = "(y0, y1, x0, x1)"
 
 
-def check_img_box(
-    img_box: torch.Tensor, batch: int, size: tuple[int, int], device=None
-) -> torch.Tensor:
+def check_img_box(img_box: torch.Tensor, batch: int, size: tuple[int, int], device=None) -> torch.Tensor:
     """Validates boxes in one fused check (one host sync on an accelerator) and returns them as long.
 
     Args:
@@ -32,7 +30,9 @@ def check_img_box(
     """
     img_box = torch.as_tensor(img_box, device=device)
     if img_box.shape != (batch, 4):
-        raise ValueError(f"img_box must have shape ({batch}, 4) with rows {BOX_ORDER}, got {tuple(img_box.shape)}")
+        raise ValueError(
+            f"img_box must have shape ({batch}, 4) with rows {BOX_ORDER}, got {tuple(img_box.shape)}"
+        )
     if img_box.dtype.is_floating_point or img_box.dtype == torch.bool or img_box.is_complex():
         raise ValueError(f"img_box must hold integers (rows {BOX_ORDER}), got {img_box.dtype}")
     img_box = img_box.long()

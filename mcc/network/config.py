@@ -202,10 +202,12 @@ class MCCConfig:
         from mcc.schedule import scale_step
 
         switch = self.final_cam_positives_from
+        if switch is not None:
+            switch = scale_step(switch, max_iters, published_iters)
         return dataclasses.replace(
             self,
             seg_start_step=scale_step(self.seg_start_step, max_iters, published_iters),
-            final_cam_positives_from=None if switch is None else scale_step(switch, max_iters, published_iters),
+            final_cam_positives_from=switch,
         )
 
     def positives_from_final_cam(self, step: int) -> bool:

@@ -13,7 +13,7 @@ from mcc.training.checkpoint import (
 )
 from mcc.training.distributed import DistributedContext, cleanup_distributed, init_distributed
 from mcc.training.evaluation import evaluate
-from mcc.training.loop import TrainResult, TrainSettings, resolve_resume, train
+from mcc.training.loop import TrainResult, TrainSettings, resolve_resume, schedule_warnings, train
 from mcc.training.metrics import ConfusionMatrix, SegmentationScores, segmentation_scores
 from mcc.training.outputs import (
     check_split_files,
@@ -51,6 +51,7 @@ __all__ = [
     "rng_state",
     "save_checkpoint",
     "save_label_png",
+    "schedule_warnings",
     "scores_record",
     "segmentation_scores",
     "select_ids",

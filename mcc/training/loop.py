@@ -179,8 +179,8 @@ def schedule_warnings(config: MCCConfig, settings: TrainSettings) -> list[str]:
     lines = []
     if settings.warmup_iters and settings.warmup_iters >= max_iters:
         lines.append(
-            f"the warm-up ends at warmup_iters ({settings.warmup_iters}), not before max_iters ({max_iters}): "
-            f"the learning rate never reaches its peak (scaled_warmup_iters({max_iters}) = "
+            f"the warm-up ends at warmup_iters ({settings.warmup_iters}), not before max_iters "
+            f"({max_iters}): the learning rate never reaches its peak (scaled_warmup_iters({max_iters}) = "
             f"{scaled_warmup_iters(max_iters)})"
         )
     if config.seg_start_step >= max_iters:

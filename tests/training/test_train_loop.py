@@ -61,7 +61,7 @@ def test_accumulation_moves_the_teacher_once_per_step(root, tmp_path):
             teacher.add_(0.05)  # a teacher away from the student, so that a second EMA step would show
     expected = copy.deepcopy(net.projector)
     expected.update_teacher()
-    run(root, tmp_path, net=net, max_iters=1, batch_size=2, accumulation_steps=2)
+    run(root, tmp_path, net=net, max_iters=1, warmup_iters=1, batch_size=2, accumulation_steps=2)
     for name, value in expected.teacher.state_dict().items():
         assert torch.equal(net.projector.teacher.state_dict()[name], value), name
 
