@@ -9,6 +9,11 @@ CUDA the torch backend also runs batches of ``--batch`` images through ``DenseCR
 image). Prints a table with each backend's speed-up over pydensecrf2, then one JSON line.
 
     python benchmarks/crf.py --threads 1        # CPU (and CUDA when available), 1 torch thread
+
+With ``--rloss-extension DIR`` (a folder holding the compiled ``bilateralfilter`` module of rloss, see
+``tests/refine/make_bilateral_reference.py``) it also times :func:`mcc.refine.bilateral_filter` against
+that extension on the regularised loss's input: batch 4, 21 channels, 224x224 (a 448 crop at scale 0.5),
+sigma_rgb 15, sigma_xy 50.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import numpy as np
 import torch
 from common import environment, measure, run_child
 
-from mcc.refine import DenseCRF
+from mcc.refine import DenseCRF, bilateral_filter
 
 # The scene generator lives with the tests, which check the two backends against each other on it.
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "refine"))
@@ -65,6 +70,33 @@ def child(args: argparse.Namespace) -> dict:
     return result
 
 
+def bilateral_child(args: argparse.Namespace) -> dict:
+    torch.set_num_threads(args.threads)
+    generator = torch.Generator().manual_seed(0)
+    image = torch.nn.functional.avg_pool2d(torch.rand(4, 3, 224, 224, generator=generator) * 255, 5, 1, 2)
+    values = torch.softmax(torch.randn(4, 21, 224, 224, generator=generator), dim=1)
+    device = torch.device("cuda" if args.backend == "torch-cuda" else "cpu")
+    if args.backend == "rloss":
+        sys.path.insert(0, args.rloss_extension)
+        import bilateralfilter
+
+        flat_image, flat_values = image.numpy().ravel(), values.numpy().ravel()
+        out = np.zeros_like(flat_values)
+
+        def step():
+            bilateralfilter.bilateralfilter_batch(flat_image, flat_values, out, 4, 21, 224, 224, 15.0, 50.0)
+    else:
+        image, values = image.to(device), values.to(device)
+
+        def step():
+            bilateral_filter(image, values, 15.0, 50.0)
+
+    start = time.process_time()
+    result = measure(step, device, warmup=1, repeats=args.repeats)
+    result["cpu_s"] = (time.process_time() - start) / (args.repeats + 1)
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -72,14 +104,16 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (the CPU here is shared)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch", type=int, default=8, help="images per batched CUDA call")
+    parser.add_argument("--rloss-extension", help="folder of the compiled rloss bilateralfilter module")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--bilateral", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument(
-        "--backend", choices=("pydensecrf", "torch-cpu", "torch-cuda"), help=argparse.SUPPRESS
+        "--backend", choices=("pydensecrf", "torch-cpu", "torch-cuda", "rloss"), help=argparse.SUPPRESS
     )
     parser.add_argument("--batched", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(child(args)))
+        print(json.dumps(bilateral_child(args) if args.bilateral else child(args)))
         return
 
     torch.set_num_threads(args.threads)
@@ -111,6 +145,26 @@ def main() -> None:
             f"{row['s_per_image']:10.3f} {row['speedup_vs_pydensecrf']:13.2f}x "
             f"{row['cpu_s_per_image']:12.3f} {row['cpu_speedup_vs_pydensecrf']:13.2f}x {row['peak_mb']:9.1f}"
         )
+    if args.rloss_extension:
+        print("# bilateral_filter, batch 4 x 21 channels x 224x224 (rloss input), s per call")
+        print("{:12} {:>10} {:>9} {:>12} {:>9}".format("filter", "s", "vs rloss", "CPU s", "vs rloss"))
+        filters = ["rloss", "torch-cpu"] + (["torch-cuda"] if torch.cuda.is_available() else [])
+        reference = None
+        extension = ["--rloss-extension", os.path.abspath(args.rloss_extension)]
+        for backend in filters:
+            run = run_child(__file__, [*common, *extension, "--bilateral", "--backend", backend])
+            reference = (run["median_s"], run["cpu_s"]) if reference is None else reference
+            row = {
+                "s": round(run["median_s"], 4),
+                "speedup_vs_rloss": round(reference[0] / run["median_s"], 2),
+                "cpu_s": round(run["cpu_s"], 4),
+                "cpu_speedup_vs_rloss": round(reference[1] / run["cpu_s"], 2),
+            }
+            results[f"bilateral-{backend}"] = row
+            print(
+                f"{backend:12} {row['s']:10.3f} {row['speedup_vs_rloss']:8.2f}x "
+                f"{row['cpu_s']:12.3f} {row['cpu_speedup_vs_rloss']:8.2f}x"
+            )
     print(json.dumps({"benchmark": "crf", "threads": args.threads, **results}))
 
 
