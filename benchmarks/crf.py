@@ -118,6 +118,23 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     print(f"# {environment()}")
+    # Agreement of the two backends on the benchmark's scene (the slow test checks the same figures).
+    image, probs = voc_like_scene(0)
+    expected = DenseCRF(10, 1, 1, 121, 5, 4)(image, probs)
+    marginals = DenseCRF(10, 1, 1, 121, 5, 4, backend="torch", device="cpu")(image, probs)
+    difference = np.abs(marginals - expected)
+    agreement = {
+        "same_label": float((marginals.argmax(0) == expected.argmax(0)).mean()),
+        "max_abs_marginal_diff": float(difference.max()),
+        "mean_abs_marginal_diff": float(difference.mean()),
+        "crf_changed_labels": float((expected.argmax(0) != probs.argmax(0)).mean()),
+    }
+    print(
+        f"# torch (CPU) vs pydensecrf2: same label on {100 * agreement['same_label']:.3f} % of the pixels, "
+        f"marginals max |diff| {agreement['max_abs_marginal_diff']:.2e}, "
+        f"mean {agreement['mean_abs_marginal_diff']:.2e} "
+        f"(the CRF changes {100 * agreement['crf_changed_labels']:.1f} % of the unary labels)"
+    )
     runs = [("pydensecrf", False), ("torch-cpu", False)]
     if torch.cuda.is_available():
         runs += [("torch-cuda", False), ("torch-cuda", True)]
@@ -165,7 +182,7 @@ def main() -> None:
                 f"{backend:12} {row['s']:10.3f} {row['speedup_vs_rloss']:8.2f}x "
                 f"{row['cpu_s']:12.3f} {row['cpu_speedup_vs_rloss']:8.2f}x"
             )
-    print(json.dumps({"benchmark": "crf", "threads": args.threads, **results}))
+    print(json.dumps({"benchmark": "crf", "threads": args.threads, "agreement": agreement, **results}))
 
 
 if __name__ == "__main__":
