@@ -20,7 +20,12 @@ class KeyMaskedAttention(nn.Module):
     to every query of its sample in every head; its own row (as a query) is still computed.
 
     Sub-module names (``qkv``, ``q_norm``, ``k_norm``, ``proj``) and state-dict keys are timm's
-    ``Attention`` ones, so timm weights load 1:1.
+    ``Attention`` ones, so timm weights load 1:1. :meth:`from_timm` also wraps timm's ``EvaAttention`` and
+    ``AttentionRope`` (EVA-02, DINOv3, RoPE ViTs): fused ``qkv`` with separate ``q_bias``/``v_bias`` (the key
+    bias is timm's constant zero), or separate ``q_proj``/``k_proj``/``v_proj`` (also with fewer key/value
+    heads, grouped-query attention), the output norm ``norm`` (scale-norm), the sigmoid ``gate`` and rotary
+    position embeddings (``rope`` in :meth:`attend`), which rotate every token after the first
+    ``num_prefix_tokens`` as timm does.
 
     Args:
         dim: token dimension D.
@@ -61,44 +66,82 @@ class KeyMaskedAttention(nn.Module):
         self.norm = nn.Identity()
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
+        self._set_variant_defaults()
+
+    def _set_variant_defaults(self) -> None:
+        # Plain attributes (not registered): the standalone layer keeps timm Attention's state-dict keys.
+        self.num_kv_heads = self.num_heads
+        self.q_proj = self.k_proj = self.v_proj = None
+        self.q_bias = self.v_bias = None
+        self.qkv_bias_separate = False
+        self.gate = None
+        self.num_prefix_tokens = 0
+        self.rotate_half = False
+        self._source = None
 
     @classmethod
     def from_timm(cls, attn: nn.Module) -> KeyMaskedAttention:
-        """Wraps a timm ``Attention`` module, sharing (not copying) its parameters.
+        """Wraps a timm attention module, sharing (not copying) its parameters.
 
         Args:
-            attn: a ``timm.models.vision_transformer.Attention`` (or a module with the same layout:
-                ``qkv``, ``q_norm``, ``k_norm``, ``proj``, ``num_heads``).
+            attn: a ``timm.models.vision_transformer.Attention``, ``timm.models.eva.EvaAttention`` or
+                ``timm.layers.AttentionRope`` (or a subclass).
 
         Returns:
             a :class:`KeyMaskedAttention` whose sub-modules are the very modules of ``attn``.
+
+        Raises:
+            TypeError: ``attn`` is another kind of module, or a variant whose computation differs.
         """
-        missing = [name for name in ("qkv", "proj", "num_heads") if not hasattr(attn, name)]
-        if missing:
-            raise TypeError(f"attn ({type(attn).__name__}) is not a timm-style Attention: no {missing}")
-        if getattr(attn, "gate", None) is not None:
-            raise TypeError("attn: gated timm attention is not supported")
+        _check_timm_attention(attn)
         out = cls.__new__(cls)
         nn.Module.__init__(out)
         out.num_heads = int(attn.num_heads)
-        out.head_dim = attn.qkv.out_features // 3 // out.num_heads
-        if attn.qkv.out_features != 3 * out.num_heads * out.head_dim:
-            raise TypeError("attn: qkv output size is not 3 * num_heads * head_dim")
-        out.qkv = attn.qkv
+        out._set_variant_defaults()
+        out.num_kv_heads = int(getattr(attn, "num_kv_heads", None) or out.num_heads)
+        if getattr(attn, "qkv", None) is not None:
+            out.head_dim = attn.qkv.out_features // 3 // out.num_heads
+            if attn.qkv.out_features != 3 * out.num_heads * out.head_dim or out.num_kv_heads != out.num_heads:
+                raise TypeError("attn: qkv output size is not 3 * num_heads * head_dim")
+            out.qkv = attn.qkv
+            if getattr(attn, "q_bias", None) is not None:
+                out.q_bias, out.v_bias = attn.q_bias, attn.v_bias
+                out.qkv_bias_separate = bool(getattr(attn, "qkv_bias_separate", False))
+        else:
+            out.qkv = None
+            out.head_dim = attn.q_proj.out_features // out.num_heads
+            out.q_proj, out.k_proj, out.v_proj = attn.q_proj, attn.k_proj, attn.v_proj
+            sizes = {"q_proj": out.num_heads, "k_proj": out.num_kv_heads, "v_proj": out.num_kv_heads}
+            for name, heads in sizes.items():
+                if getattr(attn, name).out_features != heads * out.head_dim:
+                    raise TypeError(f"attn: {name} output size is not {heads} heads * {out.head_dim}")
+            if out.num_heads % out.num_kv_heads:
+                raise TypeError("attn: num_heads is not a multiple of num_kv_heads")
         out.q_norm = _shared(attn, "q_norm", nn.Identity)
         out.k_norm = _shared(attn, "k_norm", nn.Identity)
         out.attn_drop = _shared(attn, "attn_drop", lambda: nn.Dropout(0.0))
         out.norm = _shared(attn, "norm", nn.Identity)
+        out.gate = getattr(attn, "gate", None)
         out.proj = attn.proj
         out.proj_drop = _shared(attn, "proj_drop", lambda: nn.Dropout(0.0))
+        out.num_prefix_tokens = int(getattr(attn, "num_prefix_tokens", 0))
+        out.rotate_half = bool(getattr(attn, "rotate_half", False))
+        # The key bias of EvaAttention is a (non-persistent) buffer: read it from the source module at call
+        # time, because .to()/.double() replace buffer tensors (parameters are updated in place).
+        out._source = (attn,)
         return out
 
-    def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, key_mask: torch.Tensor | None = None, *, rope: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Attends with dropped keys removed from every query's softmax.
 
         Args:
             x: tokens, shape (B, N, D).
             key_mask: dropped keys, bool, shape (B, N), True = dropped; None drops nothing.
+            rope: rotary position embedding (timm's concatenated sin/cos layout) of the tokens after the
+                first ``num_prefix_tokens``: (N - n_prefix, 2 * head_dim), or any shape that broadcasts to
+                (B, heads, N - n_prefix, 2 * head_dim); None = no rotation.
 
         Returns:
             tokens, shape (B, N, D).
@@ -116,13 +159,19 @@ class KeyMaskedAttention(nn.Module):
                 )
             if bool(key_mask.all(dim=1).any()):
                 raise ValueError("key_mask drops every key of some sample: its softmax would be empty")
-        return self.attend(x, key_mask)
+        if rope is not None and rope.shape[-2] != x.shape[1] - self.num_prefix_tokens:
+            raise ValueError(
+                f"rope must cover the {x.shape[1] - self.num_prefix_tokens} tokens after the "
+                f"{self.num_prefix_tokens} prefix tokens, got shape {tuple(rope.shape)}"
+            )
+        return self.attend(x, key_mask, rope=rope)
 
     def attend(
         self,
         x: torch.Tensor,
         key_mask: torch.Tensor | None,
         packing: tuple[torch.Tensor, int, int] | None = None,
+        rope: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """:meth:`forward` without input checks (no host sync), for callers that guarantee a kept key.
 
@@ -132,27 +181,77 @@ class KeyMaskedAttention(nn.Module):
             packing: ``(index, rows, length)``: packed token ``t`` sits at flat position ``index[t]`` of a
                 (rows, length) padded layout. Per-token layers then run on the T real tokens only and the
                 attention core on the padded layout, where ``key_mask`` must drop every padding slot.
+            rope: rotary embedding of the (padded-layout) tokens after the prefix, see :meth:`forward`.
 
         Returns:
             tokens, same shape as ``x``.
         """
-        qkv = self.qkv(x)
+        qkv = self._project(x)
         if packing is None:
             batch, tokens = x.shape[:2]
         else:
             index, batch, tokens = packing
             qkv = qkv.new_zeros(batch * tokens, qkv.shape[-1]).index_copy(0, index, qkv)
-        qkv = qkv.reshape(batch, tokens, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)
+        q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+        q, k, v = qkv.reshape(batch, tokens, -1).split([q_size, kv_size, kv_size], dim=-1)
+        q = q.reshape(batch, tokens, self.num_heads, self.head_dim).transpose(1, 2)
+        k = k.reshape(batch, tokens, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        v = v.reshape(batch, tokens, self.num_kv_heads, self.head_dim).transpose(1, 2)
         q, k = self.q_norm(q), self.k_norm(k)
+        if rope is not None:
+            q, k = self._rotate(q, rope).type_as(v), self._rotate(k, rope).type_as(v)
+        if self.num_kv_heads != self.num_heads:
+            # Grouped-query attention: head h uses key/value head h // groups (timm's order), after rotation.
+            groups = self.num_heads // self.num_kv_heads
+            k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
         # SDPA's boolean mask means "may attend": the key mask's complement, broadcast over heads and queries.
         allowed = None if key_mask is None else ~key_mask[:, None, None, :]
         dropout_p = self.attn_drop.p if self.attn_drop.training else 0.0
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=dropout_p)
-        out = out.transpose(1, 2).reshape(batch, tokens, self.num_heads * self.head_dim)
+        out = out.transpose(1, 2).reshape(batch, tokens, q_size)
         if packing is not None:
             out = out.reshape(batch * tokens, -1).index_select(0, packing[0])
-        return self.proj_drop(self.proj(self.norm(out)))
+        out = self.norm(out)
+        if self.gate is not None:
+            out = out * self.gate(x).sigmoid()
+        return self.proj_drop(self.proj(out))
+
+    def _project(self, x: torch.Tensor) -> torch.Tensor:
+        """Queries, keys and values of every token, concatenated on the last dimension (timm's arithmetic)."""
+        if self.qkv is None:
+            return torch.cat([self.q_proj(x), self.k_proj(x), self.v_proj(x)], dim=-1)
+        if self.q_bias is None:
+            return self.qkv(x)
+        k_bias = getattr(self._source[0], "k_bias", None) if self._source else None
+        if k_bias is None:
+            k_bias = torch.zeros_like(self.q_bias)
+        bias = torch.cat((self.q_bias, k_bias, self.v_bias))
+        if self.qkv_bias_separate:
+            return self.qkv(x) + bias
+        return F.linear(x, self.qkv.weight, bias)
+
+    def _rotate(self, x: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
+        from timm.layers import apply_rot_embed_cat
+
+        n_prefix = self.num_prefix_tokens
+        rotated = apply_rot_embed_cat(x[:, :, n_prefix:], rope, half=self.rotate_half)
+        return torch.cat([x[:, :, :n_prefix], rotated], dim=2)
+
+
+def _check_timm_attention(attn: nn.Module) -> None:
+    from timm.layers import Attention, AttentionRope
+    from timm.models.eva import EvaAttention
+
+    kinds = (Attention, AttentionRope, EvaAttention)
+    if not isinstance(attn, kinds):
+        has_layout = hasattr(attn, "proj") and hasattr(attn, "num_heads")
+        detail = "an attention computation this library does not reproduce" if has_layout else "no qkv/proj"
+        raise TypeError(
+            f"attn ({type(attn).__name__}) is not a timm-style Attention (timm's Attention, EvaAttention "
+            f"or AttentionRope): {detail}"
+        )
+    if getattr(attn, "qkv", None) is None and getattr(attn, "q_proj", None) is None:
+        raise TypeError(f"attn ({type(attn).__name__}) is not a timm-style Attention: no qkv or q_proj")
 
 
 def _shared(attn: nn.Module, name: str, default) -> nn.Module:

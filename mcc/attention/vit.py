@@ -32,7 +32,7 @@ class ViTTokens(NamedTuple):
 
 
 class KeyMaskedViT(nn.Module):
-    """Runs a timm ``VisionTransformer`` with per-view key masks (build it with :func:`patch_vit`).
+    """Runs a timm ``VisionTransformer`` or ``Eva`` with per-view key masks (build it with :func:`patch_vit`).
 
     The wrapper owns the timm model as ``self.vit``, so its state-dict keys are timm's under a ``vit.``
     prefix; it adds no parameters. Its attention layers are :class:`KeyMaskedAttention` views of timm's
@@ -48,11 +48,23 @@ class KeyMaskedViT(nn.Module):
     ``drop_tokens=False`` runs the **plain path** instead: every view's full sequence with masked
     attention in every block (the published computation); both agree up to float rounding.
 
+    Rotary position embeddings (timm's ``Eva`` class: EVA-02, DINOv3, RoPE ViTs) are those timm computes for
+    the token grid; on the token-dropping path each view's kept tokens get the rotations of their own grid
+    positions (gathered), and prefix tokens get none, as in timm.
+
+    Position embeddings at other grid sizes follow the model. A ``dynamic_img_size`` model resamples its
+    absolute position embedding itself in ``forward_features`` (timm's ``resample_abs_pos_embed``: bicubic
+    with antialias); the wrapper calls that same function, so its unmasked output equals
+    ``forward_features`` at every size, whatever ``antialias_pos_embed`` says. A fixed-size model cannot run
+    at other sizes in timm; the wrapper resamples its embedding bicubically with
+    ``antialias=antialias_pos_embed`` (False = the published MCC code, which uses fixed-size DeiT-B).
+
     Args:
-        model: a timm ``VisionTransformer`` (including distilled DeiT and register-token models).
+        model: a timm ``VisionTransformer`` (including distilled DeiT and register-token models) or ``Eva``
+            (EVA-02, DINOv3, RoPE ViTs), with a class token.
         aux_layer: index into the list of block outputs, Python-style (-3 = the 10th of 12 blocks).
-        antialias_pos_embed: antialias the bicubic position-embedding resampling (False matches the
-            published MCC code; timm's own dynamic-size models use True).
+        antialias_pos_embed: antialias the bicubic position-embedding resampling of a fixed-size model
+            (False matches the published MCC code). ``dynamic_img_size`` models resample as timm does.
     """
 
     def __init__(self, model: nn.Module, aux_layer: int = -3, antialias_pos_embed: bool = False) -> None:
@@ -70,6 +82,7 @@ class KeyMaskedViT(nn.Module):
         self.patch_size = tuple(int(p) for p in model.patch_embed.patch_size)
         # A plain tuple, not a ModuleList: the sub-modules already belong to self.vit (no duplicate keys).
         self._attentions = tuple(KeyMaskedAttention.from_timm(block.attn) for block in model.blocks)
+        self._post_norm = tuple(_is_post_norm(block) for block in model.blocks)
 
     @property
     def depth(self) -> int:
@@ -97,13 +110,14 @@ class KeyMaskedViT(nn.Module):
         """
         grid = self._check_images(images)
         patches, prefix = self._embed(images, grid)
+        rope = self._rope(grid)
         if key_mask is None:
-            return self._forward_full(patches, prefix, grid)
+            return self._forward_full(patches, prefix, grid, rope)
         views = self._check_key_mask(key_mask, images, grid)
         if drop_tokens:
-            cls = self._forward_dropped(patches, prefix, views)
+            cls = self._forward_dropped(patches, prefix, views, rope)
         else:
-            cls = self._forward_masked(patches, prefix, views)
+            cls = self._forward_masked(patches, prefix, views, rope)
         return ViTTokens(cls.squeeze(1) if key_mask.dim() == 2 else cls, None, None, grid)
 
     # -- input checks -------------------------------------------------------------------------------------
@@ -154,13 +168,47 @@ class KeyMaskedViT(nn.Module):
         if getattr(vit, "reg_token", None) is not None:
             prefix.append(vit.reg_token)
         prefix = torch.cat(prefix, dim=1)
-        if vit.pos_embed is not None:
+        if getattr(vit, "pos_embed", None) is not None:
             pos = vit.pos_embed
-            if not vit.no_embed_class:
-                prefix = prefix + pos[:, : self.num_prefix_tokens]
-                pos = pos[:, self.num_prefix_tokens :]
-            patches = patches + self._resample_pos_embed(pos, grid)
+            n_embedded = 0 if vit.no_embed_class else self.num_prefix_tokens
+            if getattr(vit, "dynamic_img_size", False):
+                # The model's own resampling, so that the output equals timm's forward_features.
+                from timm.layers import resample_abs_pos_embed
+
+                pos = resample_abs_pos_embed(
+                    pos, new_size=grid, old_size=vit.patch_embed.grid_size, num_prefix_tokens=n_embedded
+                )
+            if n_embedded:
+                prefix = prefix + pos[:, :n_embedded]
+                pos = pos[:, n_embedded:]
+            if not getattr(vit, "dynamic_img_size", False):
+                pos = self._resample_pos_embed(pos, grid)
+            patches = patches + pos
         return patches, prefix
+
+    def _rope(self, grid: tuple[int, int]) -> torch.Tensor | None:
+        """timm's rotary embedding of the patch tokens of a ``grid``: (h*w, 2 * head_dim), or
+        (depth, heads, h*w, 2 * head_dim) for per-block (mixed) rope; None without rope."""
+        rope = getattr(self.vit, "rope", None)
+        if rope is None:
+            return None
+        shape = [int(grid[0]), int(grid[1])]
+        native = [int(s) for s in self.vit.patch_embed.grid_size] == shape
+        # The same calls as timm's Eva._pos_embed at the model's own size (and any size if dynamic).
+        if getattr(self.vit, "dynamic_img_size", False) or (native and not hasattr(rope, "feat_shape")):
+            return rope.get_embed(shape=shape)
+        if native:
+            return rope.get_embed()
+        # A fixed-size model at another size: the embedding timm builds after model.set_input_size(...).
+        if getattr(rope, "_use_cached_embed", False):
+            if not hasattr(rope, "_build_embed_cat"):
+                raise ValueError(
+                    f"model.rope ({type(rope).__name__}) cannot build rotary embeddings for a {grid[0]}x"
+                    f"{grid[1]} token grid; create the model with dynamic_img_size=True or at this size"
+                )
+            augment = rope.training and getattr(rope, "aug_active", False)
+            return rope._build_embed_cat(shape, rope.bands, augment=augment)
+        return rope.get_embed(shape=shape)
 
     def _resample_pos_embed(self, pos: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         old = tuple(int(s) for s in self.vit.patch_embed.grid_size)
@@ -180,27 +228,40 @@ class KeyMaskedViT(nn.Module):
 
     # -- the three computations -----------------------------------------------------------------------------
 
-    def _block(self, index: int, x: torch.Tensor, key_mask, packing=None) -> torch.Tensor:
+    def _block(self, index: int, x: torch.Tensor, key_mask, packing=None, rope=None) -> torch.Tensor:
         block = self.vit.blocks[index]
-        attention = self._attentions[index].attend(block.norm1(x), key_mask, packing)
-        x = x + _drop_path(block.drop_path1, block.ls1(attention), packing)
-        return x + _drop_path(block.drop_path2, block.ls2(block.mlp(block.norm2(x))), packing)
+        attention = self._attentions[index]
+        if self._post_norm[index]:
+            # timm's ResPostBlock / EvaBlockPostNorm: the norms act on the branch outputs.
+            x = x + _drop_path(
+                block.drop_path1, block.norm1(attention.attend(x, key_mask, packing, rope)), packing
+            )
+            return x + _drop_path(block.drop_path2, block.norm2(block.mlp(x)), packing)
+        y = _layer_scale(block, 1, attention.attend(block.norm1(x), key_mask, packing, rope))
+        x = x + _drop_path(block.drop_path1, y, packing)
+        return x + _drop_path(block.drop_path2, _layer_scale(block, 2, block.mlp(block.norm2(x))), packing)
+
+    def _block_rope(self, rope: torch.Tensor | None, index: int) -> torch.Tensor | None:
+        """The rotary embedding block ``index`` uses (mixed rope has one per block)."""
+        if rope is None or not getattr(self.vit, "rope_mixed", False):
+            return rope
+        return rope[index]
 
     def _to_map(self, tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         patches = tokens[:, self.num_prefix_tokens :]
         return patches.transpose(1, 2).reshape(patches.shape[0], patches.shape[2], *grid)
 
-    def _forward_full(self, patches, prefix, grid) -> ViTTokens:
+    def _forward_full(self, patches, prefix, grid, rope) -> ViTTokens:
         x = self._start(torch.cat([prefix.expand(patches.shape[0], -1, -1), patches], dim=1))
         aux = None
         for index in range(self.depth):
-            x = self._block(index, x, None)
+            x = self._block(index, x, None, rope=self._block_rope(rope, index))
             if index == self.aux_index:
                 aux = self._to_map(x, grid)
         x = self.vit.norm(x)
         return ViTTokens(x[:, 0], self._to_map(x, grid), aux, grid)
 
-    def _forward_masked(self, patches, prefix, views) -> torch.Tensor:
+    def _forward_masked(self, patches, prefix, views, rope) -> torch.Tensor:
         """Plain path: each view's whole sequence, dropped keys masked in every block."""
         batch, num_views, _ = views.shape
         rows = batch * num_views
@@ -209,10 +270,10 @@ class KeyMaskedViT(nn.Module):
         keep_prefix = views.new_zeros(rows, self.num_prefix_tokens)
         key_mask = torch.cat([keep_prefix, views.reshape(rows, -1)], dim=1)
         for index in range(self.depth):
-            x = self._block(index, x, key_mask)
+            x = self._block(index, x, key_mask, rope=self._block_rope(rope, index))
         return self.vit.norm(x[:, 0]).reshape(batch, num_views, -1)
 
-    def _forward_dropped(self, patches, prefix, views) -> torch.Tensor:
+    def _forward_dropped(self, patches, prefix, views, rope) -> torch.Tensor:
         """Token-dropping path: only prefix + kept tokens of each view enter the blocks."""
         batch, num_views, num_patches = views.shape
         rows = batch * num_views
@@ -235,11 +296,45 @@ class KeyMaskedViT(nn.Module):
         x = self._start(table.index_select(0, source.flatten().index_select(0, index)))
         packing = (index, rows, length)
         for block_index in range(self.depth):
-            x = self._block(block_index, x, padding, packing)
+            block_rope = _gather_rope(self._block_rope(rope, block_index), order)
+            x = self._block(block_index, x, padding, packing, block_rope)
         # Each view's class token is its first packed token.
         starts = torch.cumsum(n_prefix + kept, dim=0) - (n_prefix + kept)
         cls = self.vit.norm(x.index_select(0, starts))
         return cls.reshape(batch, num_views, -1)
+
+
+def _gather_rope(rope: torch.Tensor | None, order: torch.Tensor) -> torch.Tensor | None:
+    """Rotary embeddings of each view's kept patches in the padded layout.
+
+    Args:
+        rope: (P, R) shared by all heads, or (heads, P, R) per head; None = no rope.
+        order: (rows, longest) patch index of every slot after the prefix (padding slots hold any index).
+
+    Returns:
+        (rows, 1, longest, R) or (rows, heads, longest, R), which broadcasts over (rows, heads, longest, R).
+    """
+    if rope is None:
+        return None
+    if rope.dim() == 2:
+        return rope[order].unsqueeze(1)
+    return rope[:, order].transpose(0, 1)
+
+
+def _layer_scale(block: nn.Module, which: int, x: torch.Tensor) -> torch.Tensor:
+    """timm's layer scale of branch ``which``: ``ls1``/``ls2`` (Block) or ``gamma_1``/``gamma_2`` (Eva)."""
+    scale = getattr(block, f"ls{which}", None)
+    if scale is not None:
+        return scale(x)
+    gamma = getattr(block, f"gamma_{which}", None)
+    return x if gamma is None else gamma * x
+
+
+def _is_post_norm(block: nn.Module) -> bool:
+    from timm.models.eva import EvaBlockPostNorm
+    from timm.models.vision_transformer import ResPostBlock
+
+    return isinstance(block, (ResPostBlock, EvaBlockPostNorm))
 
 
 def _drop_path(module: nn.Module, x: torch.Tensor, packing) -> torch.Tensor:
@@ -257,31 +352,60 @@ def _drop_path(module: nn.Module, x: torch.Tensor, packing) -> torch.Tensor:
 
 
 def _check_timm_vit(model: nn.Module) -> None:
-    needed = ("patch_embed", "blocks", "norm", "cls_token", "pos_embed", "num_prefix_tokens", "norm_pre")
+    from timm.layers import GluMlp, Mlp, SwiGLU
+    from timm.models.eva import EvaBlock, EvaBlockPostNorm
+    from timm.models.vision_transformer import Block, ResPostBlock
+
+    needed = ("patch_embed", "blocks", "norm", "cls_token", "num_prefix_tokens", "norm_pre")
     missing = [name for name in needed if not hasattr(model, name)]
     if missing:
-        raise TypeError(f"model ({type(model).__name__}) is not a timm VisionTransformer: no {missing}")
+        raise TypeError(
+            f"model ({type(model).__name__}) is not a timm VisionTransformer or Eva: no {missing}"
+        )
     if model.cls_token is None:
         raise ValueError("model has no class token (class_token=False): MCC contrasts class tokens")
     if not hasattr(model.patch_embed, "proj") or not hasattr(model.patch_embed, "grid_size"):
         raise TypeError("model.patch_embed is not a timm PatchEmbed (no proj / grid_size)")
-    if not isinstance(getattr(model, "patch_drop", nn.Identity()), nn.Identity):
+    # VisionTransformer keeps an Identity, Eva None, when patch dropout is off.
+    patch_drop = getattr(model, "patch_drop", None)
+    if patch_drop is not None and not isinstance(patch_drop, nn.Identity):
         raise ValueError("model uses patch dropout (patch_drop_rate > 0), which would fight the key masks")
+    if getattr(model, "rope", None) is not None and not hasattr(model.rope, "get_embed"):
+        raise TypeError(f"model.rope ({type(model.rope).__name__}) is not a timm rotary embedding")
+    blocks = (Block, ResPostBlock, EvaBlock, EvaBlockPostNorm)
     for index, block in enumerate(model.blocks):
-        missing = [name for name in _BLOCK_PARTS if not hasattr(block, name)]
-        if missing:
-            kind = type(block).__name__
-            raise TypeError(f"model.blocks[{index}] ({kind}) is not a timm Block: no {missing}")
+        kind = type(block).__name__
+        if not isinstance(block, blocks):
+            raise TypeError(
+                f"model.blocks[{index}] ({kind}) is not a timm Block, ResPostBlock, EvaBlock or "
+                "EvaBlockPostNorm: its computation (e.g. parallel branches) is not reproduced here"
+            )
+        # The token-dropping path runs the MLP on packed tokens: it must act on each token alone.
+        if not isinstance(block.mlp, (Mlp, GluMlp, SwiGLU)):
+            raise TypeError(
+                f"model.blocks[{index}].mlp ({type(block.mlp).__name__}) is not a per-token timm MLP "
+                "(Mlp, GluMlp, SwiGLU)"
+            )
+        attn_prefix = getattr(block.attn, "num_prefix_tokens", model.num_prefix_tokens)
+        if attn_prefix != model.num_prefix_tokens:
+            raise ValueError(
+                f"model.blocks[{index}].attn.num_prefix_tokens ({attn_prefix}) differs from the model's "
+                f"{model.num_prefix_tokens} prefix tokens: rotary embeddings would rotate the wrong tokens"
+            )
 
 
 def patch_vit(model: nn.Module, aux_layer: int = -3, antialias_pos_embed: bool = False) -> KeyMaskedViT:
-    """Wraps a timm ``VisionTransformer`` so that it accepts per-view key masks.
+    """Wraps a timm ``VisionTransformer`` or ``Eva`` so that it accepts per-view key masks.
 
     Args:
         model: a timm ``VisionTransformer`` (any size; class token required; register and distillation
-            tokens supported; fixed-size or ``dynamic_img_size`` models; ``no_embed_class`` models).
+            tokens supported; fixed-size or ``dynamic_img_size`` models; ``no_embed_class`` models; CLIP's
+            ``norm_pre``) or ``Eva`` (EVA-02, DINOv3, RoPE ViTs: rotary embeddings, SwiGLU, registers,
+            layer scale). Refused, with the reason: no class token, patch dropout, parallel blocks.
         aux_layer: block whose output is returned as ``aux`` (Python list index; -3 = 10th of 12).
-        antialias_pos_embed: antialias the bicubic position-embedding resampling (False = published MCC).
+        antialias_pos_embed: antialias the bicubic position-embedding resampling of a fixed-size model
+            (False = published MCC). A ``dynamic_img_size`` model is resampled the way timm's own
+            ``forward_features`` does it (bicubic with antialias), so the unmasked output equals timm's.
 
     Returns:
         a :class:`KeyMaskedViT` sharing ``model``'s parameters (state-dict keys: timm's under ``vit.``).
