@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import operator
 
 import torch
 
@@ -41,7 +42,7 @@ class ScaledBernoulliKeyMask:
     def __call__(
         self,
         batch_size: int,
-        grid: tuple[int, int],
+        grid: tuple[int, int] | int,
         num_views: int = 8,
         *,
         generator: torch.Generator | None = None,
@@ -51,7 +52,7 @@ class ScaledBernoulliKeyMask:
 
         Args:
             batch_size: number of images B, >= 1.
-            grid: token grid ``(h, w)`` of the images.
+            grid: token grid ``(h, w)`` of the images; an int ``n`` means the square grid ``(n, n)``.
             num_views: masked views V per image, >= 1.
             generator: random source; the draw happens on the generator's device, so a seeded generator
                 gives the same masks whatever ``device`` is.
@@ -64,9 +65,7 @@ class ScaledBernoulliKeyMask:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
         if int(num_views) != num_views or num_views < 1:
             raise ValueError(f"num_views must be a positive integer, got {num_views}")
-        if len(grid) != 2 or any(int(s) != s or s < 1 for s in grid):
-            raise ValueError(f"grid must be two positive integers (h, w), got {grid}")
-        h, w = int(grid[0]), int(grid[1])
+        h, w = _grid_sides(grid)
         cells = (math.ceil(h / self.scale), math.ceil(w / self.scale))
         draw_device = generator.device if generator is not None else (device or "cpu")
         coarse = torch.rand((batch_size, num_views, *cells), generator=generator, device=draw_device).lt(
@@ -75,3 +74,17 @@ class ScaledBernoulliKeyMask:
         fine = coarse.repeat_interleave(self.scale, dim=2).repeat_interleave(self.scale, dim=3)
         mask = fine[:, :, :h, :w].reshape(batch_size, num_views, h * w)
         return mask.to(device) if device is not None else mask
+
+
+def _grid_sides(grid) -> tuple[int, int]:
+    """``(h, w)`` from an int (square) or a pair of ints; ValueError naming ``grid`` otherwise."""
+    sides = (grid, grid) if not isinstance(grid, tuple | list | torch.Size) else tuple(grid)
+    try:
+        if len(sides) != 2 or any(isinstance(s, bool) for s in sides):
+            raise TypeError
+        h, w = (operator.index(s) for s in sides)  # ints of any kind, never floats or strings
+    except TypeError:
+        h = w = 0
+    if h < 1 or w < 1:
+        raise ValueError(f"grid must be a positive int or two positive ints (h, w), got {grid!r}")
+    return h, w

@@ -9,7 +9,18 @@ import torch.nn.functional as F
 
 __all__ = ["multi_scale_cam"]
 
-CamFn = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]]
+CamFn = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor | None] | torch.Tensor]
+
+
+def _split_maps(returned) -> tuple[torch.Tensor, torch.Tensor | None]:
+    # A single tensor is the CAM without auxiliary maps; anything but a tensor or a pair is refused here,
+    # by name, rather than failing to unpack.
+    if isinstance(returned, torch.Tensor):
+        return returned, None
+    if isinstance(returned, tuple) and len(returned) == 2:
+        return returned
+    kind = f"a tuple of {len(returned)}" if isinstance(returned, tuple) else type(returned).__name__
+    raise ValueError(f"cam_fn must return a tensor cam or a tuple (cam, cam_aux or None), got {kind}")
 
 
 def _check_maps(name: str, maps: torch.Tensor, batch: int) -> None:
@@ -43,7 +54,8 @@ def multi_scale_cam(
     Args:
         cam_fn: ``cam_fn(images) -> (cam, cam_aux)`` with raw class maps at any resolution (e.g. token
             resolution), shapes ``(N, C, h, w)`` and ``(N, C_aux, h', w')`` for an input of ``N`` images;
-            ``cam_aux`` may be ``None``.
+            ``cam_aux`` may be ``None``, and a ``cam_fn`` that returns one tensor is taken as returning
+            ``(cam, None)``.
         images: input batch, shape (B, 3, H, W) (normalised as ``cam_fn`` expects).
         scales: resize factors, each > 0 (published: 1.0, 0.5, 1.5).
         flip: also run the horizontally flipped images.
@@ -54,7 +66,7 @@ def multi_scale_cam(
 
     Raises:
         ValueError: ``images`` is not 4-D, ``scales`` is empty or has a factor that gives an empty image,
-            or ``cam_fn`` returns maps of the wrong shape.
+            or ``cam_fn`` returns something other than a tensor or a pair, or maps of the wrong shape.
 
     Example:
         >>> weight = torch.randn(20, 3)
@@ -83,7 +95,7 @@ def multi_scale_cam(
             x = F.interpolate(images, size=size, mode="bilinear", align_corners=False)
         if flip:
             x = torch.cat([x, x.flip(-1)], dim=0)
-        cam, cam_aux = cam_fn(x)
+        cam, cam_aux = _split_maps(cam_fn(x))
         _check_maps("cam", cam, x.shape[0])
         cam = _merge(cam, batch, (height, width), flip, images.device)
         cam_sum = cam if cam_sum is None else cam_sum + cam

@@ -40,16 +40,50 @@ def _chance(generator: torch.Generator, p: float) -> bool:
     return torch.rand((), generator=generator).item() < p
 
 
-def normalize(image: Image.Image) -> torch.Tensor:
-    """RGB PIL image -> ImageNet-normalised tensor.
+def normalize(image: Image.Image | np.ndarray | torch.Tensor) -> torch.Tensor:
+    """RGB image(s) -> ImageNet-normalised float32 tensor, channels first.
+
+    Accepted forms (uint8 values are 0-255, floating values RGB in [0, 1]):
+
+    * a PIL image (converted to RGB);
+    * a NumPy array (H, W, 3), channels last as ``np.asarray(pil_image)`` gives;
+    * a tensor (3, H, W) or a batch (B, 3, H, W), channels first as the network takes.
+
+    Args:
+        image: the image(s).
 
     Returns:
-        shape (3, H, W), dtype float32.
+        shape (3, H, W), or (B, 3, H, W) for a batch, dtype float32, on the input tensor's device.
+
+    Raises:
+        ValueError: ``image`` is of another type or shape, or not uint8 / floating.
     """
-    array = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)
-    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
-    return (array.float() / 255.0 - mean) / std
+    if isinstance(image, Image.Image):
+        rgb = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.uint8).copy()).permute(2, 0, 1)
+    elif isinstance(image, np.ndarray):
+        if image.ndim != 3 or image.shape[2] != 3:
+            raise ValueError(f"image: expected a (H, W, 3) array (channels last), got shape {image.shape}")
+        rgb = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+    elif isinstance(image, torch.Tensor):
+        if image.ndim not in (3, 4) or image.shape[-3] != 3:
+            raise ValueError(
+                f"image: expected a (3, H, W) or (B, 3, H, W) tensor (channels first), got "
+                f"{tuple(image.shape)}"
+            )
+        rgb = image
+    else:
+        raise ValueError(
+            f"image: expected a PIL image, a NumPy array or a tensor, got {type(image).__name__}"
+        )
+    if rgb.dtype == torch.uint8:
+        rgb = rgb.float() / 255.0
+    elif rgb.is_floating_point():
+        rgb = rgb.float()
+    else:
+        raise ValueError(f"image: expected uint8 (0-255) or floating (0-1) values, got {rgb.dtype}")
+    mean = rgb.new_tensor(IMAGENET_MEAN).view(3, 1, 1)
+    std = rgb.new_tensor(IMAGENET_STD).view(3, 1, 1)
+    return (rgb - mean) / std
 
 
 def denormalize(images: torch.Tensor) -> torch.Tensor:

@@ -179,7 +179,12 @@ class MCCNet(nn.Module):
         """Raw CAMs of the final and auxiliary classifiers, each (B, C, h, w) at token resolution.
 
         This is the ``cam_fn`` of :func:`~mcc.multi_scale_cam`.
+
+        Raises:
+            ValueError: ``images`` is not a floating (B, 3, H, W) tensor with H and W multiples of the
+                patch size.
         """
+        self._check_images(images, patch_multiple=True)
         tokens = self.encoder(images)
         return self._cam(tokens.patches, self.classifier), self._cam(tokens.aux, self.aux_classifier)
 
@@ -190,8 +195,23 @@ class MCCNet(nn.Module):
         """Multi-scale + flip CAMs ``(cam, cam_aux)``, each (B, C, H, W) in [0, 1].
 
         docs/method.md section 2, step 2.
+
+        Raises:
+            ValueError: ``images`` is not a floating (B, 3, H, W) tensor with H and W multiples of the
+                patch size, or a scale whose size ``(int(s * H), int(s * W))`` is not such a multiple.
         """
-        return multi_scale_cam(self.cams, images, scales or self.config.cam_scales, flip)
+        scales = tuple(scales or self.config.cam_scales)
+        self._check_images(images, patch_multiple=True)
+        patch = self.encoder.patch_size
+        height, width = images.shape[-2:]
+        for s in scales:
+            h, w = int(s * height), int(s * width)
+            if h < patch[0] or w < patch[1] or h % patch[0] or w % patch[1]:
+                raise ValueError(
+                    f"scales: factor {s} gives {h}x{w} from {height}x{width}, not a multiple of the patch "
+                    f"size {patch[0]}x{patch[1]} (CAMs need whole patches)"
+                )
+        return multi_scale_cam(self.cams, images, scales, flip)
 
     @torch.no_grad()
     def segment(
@@ -201,7 +221,15 @@ class MCCNet(nn.Module):
 
         Each scale resizes the images to the nearest multiple of the patch size; logits are upsampled to
         (H, W), summed over the flips and maximised over the scales (VOC evaluation: 1.0, 1.25, 1.5 + flip).
+        Any H and W are accepted.
+
+        Raises:
+            ValueError: ``images`` is not a floating (B, 3, H, W) tensor, or ``scales`` is empty or has a
+                factor <= 0.
         """
+        self._check_images(images)
+        if len(scales) == 0 or any(not s > 0 for s in scales):
+            raise ValueError(f"scales must be a non-empty sequence of factors > 0, got {tuple(scales)}")
         height, width = images.shape[-2:]
         patch = self.encoder.patch_size
         result = None
@@ -448,6 +476,21 @@ class MCCNet(nn.Module):
     @staticmethod
     def _cam(tokens: torch.Tensor, classifier: nn.Conv2d) -> torch.Tensor:
         return F.conv2d(tokens, classifier.weight)
+
+    def _check_images(self, images: torch.Tensor, patch_multiple: bool = False) -> None:
+        if not torch.is_tensor(images) or images.dim() != 4 or images.shape[1] != 3:
+            shape = tuple(images.shape) if torch.is_tensor(images) else type(images).__name__
+            raise ValueError(f"images must have shape (B, 3, H, W), got {shape}")
+        if not images.is_floating_point():
+            raise ValueError(
+                f"images must be floating (normalised with pixel_mean/pixel_std), got {images.dtype}"
+            )
+        patch = self.encoder.patch_size
+        if patch_multiple and (images.shape[-2] % patch[0] or images.shape[-1] % patch[1]):
+            raise ValueError(
+                f"images: {images.shape[-2]}x{images.shape[-1]} is not a multiple of the patch size "
+                f"{patch[0]}x{patch[1]} (resize first, or use segment, which resizes)"
+            )
 
     def _check_labels(self, labels: MCCLabels, x: torch.Tensor) -> None:
         batch, grid = x.shape[0], self.encoder.grid_size(x)

@@ -50,7 +50,8 @@ def refine_cams_with_background(
         cams: foreground CAMs, shape (B, C, h, w) at any resolution, e.g. min-max normalised.
         cls_label: multi-hot image labels, shape (B, C); nonzero = present; rows may be all zero.
         high_thre: background level whose result gives the foreground (paper: beta_fg = 0.7).
-        low_thre: second background level (paper: beta_bg = 0.25).
+        low_thre: second background level (paper: beta_bg = 0.25), <= ``high_thre`` (equal levels give
+            one background level: a complete label without uncertain pixels).
         img_box: valid region of each image, shape (B, 4), integer rows ``(y0, y1, x0, x1)`` (this
             order, not ``(x0, y0, x1, y1)``) in pixels of ``images``, end exclusive, non-empty and inside
             ``H x W``.
@@ -63,7 +64,8 @@ def refine_cams_with_background(
 
     Raises:
         ValueError: wrong shapes, a ``cls_label`` width that is not C, an ``img_box`` row that is empty
-            or out of range, or a ``down_scale`` that is not an integer in ``[1, min(H, W)]``.
+            or out of range, ``low_thre > high_thre``, or a ``down_scale`` that is not an integer in
+            ``[1, min(H, W)]``.
 
     Example:
         >>> from mcc.refine import PAR
@@ -86,6 +88,8 @@ def refine_cams_with_background(
             f"cls_label must have shape (B, C) = ({batch}, {num_classes}) to match cams, "
             f"got {tuple(cls_label.shape)}"
         )
+    if low_thre > high_thre:
+        raise ValueError(f"low_thre ({low_thre}) must not exceed high_thre ({high_thre})")
     if int(down_scale) != down_scale or not 1 <= down_scale <= min(height, width):
         raise ValueError(f"down_scale must be an integer in [1, {min(height, width)}], got {down_scale}")
     inside = None if img_box is None else box_mask(img_box, batch, (height, width), device=images.device)
