@@ -24,6 +24,7 @@ import torch
 
 from mcc.data import VOCSegmentation, VOCTrainViews
 from mcc.network import MCCConfig, MCCNet
+from mcc.schedule import scaled_warmup_iters
 from mcc.training import (
     TrainSettings,
     build_vit,
@@ -127,7 +128,8 @@ def build_parser(dataset: str) -> argparse.ArgumentParser:
         help=(
             "'published': the step switches as published (warm-up, start of the segmentation loss, "
             f"final-CAM positives); 'scaled': those switches times --max-iters / {d['max_iters']} "
-            "(for shorter or longer runs; --mcc values are applied after scaling)"
+            "(MCCConfig.scaled_schedule, for shorter or longer runs; --mcc values apply after scaling). "
+            "Training warns about switches that a run never reaches"
         ),
     )
     schedule.add_argument(
@@ -205,17 +207,12 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None = None) -
     return args
 
 
-def schedule_factor(args: argparse.Namespace) -> float:
-    """``max_iters / published max_iters`` with ``--schedule scaled``, else 1."""
-    if getattr(args, "schedule", "published") != "scaled":
-        return 1.0
-    return args.max_iters / DATASET_DEFAULTS[args.dataset]["max_iters"]
-
-
 def warmup_iters(args: argparse.Namespace) -> int:
     """The warm-up length the run uses (``--warmup-iters``, scaled with ``--schedule scaled``)."""
-    factor = schedule_factor(args)
-    return args.warmup_iters if factor == 1.0 else int(round(args.warmup_iters * factor))
+    if getattr(args, "schedule", "published") != "scaled":
+        return args.warmup_iters
+    published = DATASET_DEFAULTS[args.dataset]["max_iters"]
+    return scaled_warmup_iters(args.max_iters, published, args.warmup_iters)
 
 
 def mcc_config(args: argparse.Namespace) -> MCCConfig:
@@ -231,32 +228,9 @@ def mcc_config(args: argparse.Namespace) -> MCCConfig:
         raise ValueError(f"--mcc: unknown MCCConfig fields: {', '.join(unknown)}")
     overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
     config = getattr(MCCConfig, args.preset)(args.dataset)
-    factor = schedule_factor(args)
-    if factor != 1.0:
-        switch = config.final_cam_positives_from
-        config = dataclasses.replace(
-            config,
-            seg_start_step=int(round(config.seg_start_step * factor)),
-            final_cam_positives_from=None if switch is None else int(round(switch * factor)),
-        )
+    if getattr(args, "schedule", "published") == "scaled":
+        config = config.scaled_schedule(args.max_iters, DATASET_DEFAULTS[args.dataset]["max_iters"])
     return dataclasses.replace(config, **overrides)
-
-
-def schedule_warnings(config: MCCConfig, max_iters: int) -> list[str]:
-    """One line per step switch of ``config`` that lies at or beyond the end of a ``max_iters`` run."""
-    lines = []
-    if config.seg_start_step >= max_iters:
-        lines.append(
-            f"seg_start_step {config.seg_start_step} >= --max-iters {max_iters}: the segmentation decoder "
-            "is never trained (use --schedule scaled or --mcc seg_start_step=N)"
-        )
-    switch = config.final_cam_positives_from
-    if switch is not None and config.positive_cam != "final" and switch >= max_iters:
-        lines.append(
-            f"final_cam_positives_from {switch} >= --max-iters {max_iters}: the final CAM never judges "
-            "positiveness (use --schedule scaled or --mcc final_cam_positives_from=N)"
-        )
-    return lines
 
 
 def seed_everything(seed: int) -> None:
@@ -328,8 +302,6 @@ def main(dataset: str, argv: list[str] | None = None) -> None:
                     f"segmentation loss from {config.seg_start_step}, "
                     f"final-CAM positives from {config.final_cam_positives_from}"
                 )
-            for line in schedule_warnings(config, args.max_iters):
-                print(f"warning: {line}", file=sys.stderr)
         extra = {
             "model": args.model,
             "model_kwargs": model_kwargs,
