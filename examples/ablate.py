@@ -214,7 +214,7 @@ def run_one(task: tuple[str, int, dict[str, Any], str]) -> dict[str, Any]:
     torch.manual_seed(seed)  # the heads: the same for every arm of one seed
     train_set = VOCTrainViews(root, "train", crop_size=arch.img_size, seed=seed)
     val_set = VOCSegmentation(root, "val")
-    net = MCCNet(vit, train_set.num_classes - 1, config)
+    net = MCCNet(vit, train_set.num_foreground_classes, config)
     settings = TrainSettings(
         work_dir=str(out / "work" / arm_name / f"seed{seed}"),
         max_iters=steps,

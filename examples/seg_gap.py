@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> dict:
     config = dataclasses.replace(config, seg_start_step=int(args.seg_start * args.steps), w_seg=args.w_seg)
     train_set = VOCTrainViews(root, "train", crop_size=64, seed=args.seed)
     val_set = VOCSegmentation(root, "val")
-    net = MCCNet(ViTArch().build(0), train_set.num_classes - 1, config)
+    net = MCCNet(ViTArch().build(0), train_set.num_foreground_classes, config)
     settings = TrainSettings(
         work_dir=str(out / "run"), max_iters=args.steps, batch_size=8, base_lr=args.lr,
         warmup_iters=args.steps // 10, seed=args.seed, num_workers=0, log_every=args.eval_every,

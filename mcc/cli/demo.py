@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             depth=args.depth,
             num_heads=args.heads,
         )
-        net = MCCNet(vit, train_set.num_classes - 1, demo_config(args.steps))
+        net = MCCNet(vit, train_set.num_foreground_classes, demo_config(args.steps))
         settings = TrainSettings(
             work_dir=str(work_dir / "run"),
             max_iters=args.steps,

@@ -268,7 +268,7 @@ def main(dataset: str, argv: list[str] | None = None) -> None:
         vit = build_vit(
             args.model, args.pretrained, args.pretrained_file, img_size=args.crop_size, **model_kwargs
         )
-        net = MCCNet(vit, train_set.num_classes - 1, config)
+        net = MCCNet(vit, train_set.num_foreground_classes, config)
         settings = TrainSettings(
             work_dir=args.work_dir,
             max_iters=args.max_iters,

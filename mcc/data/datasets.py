@@ -47,8 +47,13 @@ class _RootDataset(Dataset):
 
     @property
     def num_classes(self) -> int:
-        """C, including background."""
+        """C, the number of label values, background included (VOC 21); masks hold values in [0, C)."""
         return self.data.num_classes
+
+    @property
+    def num_foreground_classes(self) -> int:
+        """C - 1, background excluded (VOC 20): the width of ``cls_label``, ``MCCNet``'s ``num_classes``."""
+        return self.data.num_classes - 1
 
 
 class VOCSegmentation(_RootDataset):

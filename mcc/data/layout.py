@@ -231,7 +231,8 @@ class DatasetRoot:
             Mask values are checked by the image-label pass regardless. Turn off for very large sets.
 
     Attributes:
-        class_names: names, background first; ``num_classes = len(class_names)``.
+        class_names: names, background first; ``num_classes = len(class_names)`` counts background,
+            ``num_foreground_classes = num_classes - 1`` does not.
         ids: image ids of the split.
     """
 
@@ -265,6 +266,11 @@ class DatasetRoot:
         self.ids = read_split(self.root, split, self.class_names)
         if validate:
             self.validate()
+
+    @property
+    def num_foreground_classes(self) -> int:
+        """Classes without background (VOC 20): the width of the image labels."""
+        return self.num_classes - 1
 
     @staticmethod
     def _relative(image_id: str, suffix: str) -> str:

@@ -94,7 +94,8 @@ class MCCNet(nn.Module):
     Args:
         vit: a timm ``VisionTransformer`` (e.g. ``timm.create_model("deit_base_patch16_224",
             pretrained=True)``).
-        num_classes: foreground classes C (VOC 20, COCO 80).
+        num_classes: foreground classes C, background excluded (VOC 20, COCO 80): a dataset's
+            ``num_foreground_classes``, not its ``num_classes`` (which counts background).
         config: training hyper-parameters (default :meth:`MCCConfig.released`).
         pixel_mean: per-channel mean the input images were normalised with (to give PAR RGB in [0, 1]).
         pixel_std: per-channel std the input images were normalised with.
@@ -286,6 +287,7 @@ class MCCNet(nn.Module):
         cfg = self.config
         batch = x.shape[0]
         grid = self.encoder.grid_size(x)
+        self._check_cls_label(cls_label, batch)
         box = None if img_box is None else cam_labels.check_img_box(img_box, batch, x.shape[-2:], x.device)
         # The boxes are checked once; the labels below take them as masks (pixel and token units).
         inside = None if box is None else _inside(box, x.shape[-2:])
@@ -477,6 +479,21 @@ class MCCNet(nn.Module):
     def _cam(tokens: torch.Tensor, classifier: nn.Conv2d) -> torch.Tensor:
         return F.conv2d(tokens, classifier.weight)
 
+    def _check_cls_label(self, cls_label: torch.Tensor, batch: int) -> None:
+        shape = tuple(getattr(cls_label, "shape", ()))
+        if shape == (batch, self.num_classes):
+            return
+        message = f"cls_label must have shape (B, C) = ({batch}, {self.num_classes}), got {shape}"
+        if len(shape) == 2 and shape[0] == batch and shape[1] == self.num_classes - 1:
+            message += (
+                f": the network was built with num_classes={self.num_classes}, which seems to count "
+                "background; MCCNet's num_classes counts foreground classes only (pass the dataset's "
+                f"num_foreground_classes = num_classes - 1, i.e. {self.num_classes - 1})"
+            )
+        else:
+            message += " (C = foreground classes, background not counted)"
+        raise ValueError(message)
+
     def _check_images(self, images: torch.Tensor, patch_multiple: bool = False) -> None:
         if not torch.is_tensor(images) or images.dim() != 4 or images.shape[1] != 3:
             shape = tuple(images.shape) if torch.is_tensor(images) else type(images).__name__
@@ -527,11 +544,7 @@ class MCCNet(nn.Module):
             raise ValueError(
                 f"v2 must be aligned with x (same shape {tuple(x.shape)}), got {tuple(v2.shape)}"
             )
-        if cls_label.shape != (x.shape[0], self.num_classes):
-            raise ValueError(
-                f"cls_label must have shape (B, C) = ({x.shape[0]}, {self.num_classes}), "
-                f"got {tuple(cls_label.shape)}"
-            )
+        self._check_cls_label(cls_label, x.shape[0])
         if img_box is not None and img_box.shape != (x.shape[0], 4):
             raise ValueError(
                 f"img_box must have shape (B, 4) = ({x.shape[0]}, 4), got {tuple(img_box.shape)}"
