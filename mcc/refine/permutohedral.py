@@ -48,7 +48,8 @@ class PermutohedralLattice:
             never share lattice points.
         simd_padding: also insert the lattice points of the all-zero padding features the C++ SSE code
             adds when ``N`` is not a multiple of 4 (they take part in the blur only); True reproduces that
-            code exactly, False is the plain algorithm (differences are of order 1e-5 relative).
+            code exactly; False is the plain algorithm (it differs by up to 1e-5 relative on VOC-size
+            images, more on tiny ones: 7e-3 on a 13x11 image).
 
     Attributes:
         batch_size, num_pixels, dim: B, N and d.
