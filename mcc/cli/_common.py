@@ -79,16 +79,23 @@ def open_split(args: argparse.Namespace) -> VOCSegmentation:
 
 
 def make_crf(device: torch.device):
-    """The published dense CRF ``(10, 1, 1, 121, 5, 4)``; its torch backend on CUDA when available."""
+    """The published dense CRF ``(10, 1, 1, 121, 5, 4)``.
+
+    On CUDA the torch backend on ``device``; on the CPU ``pydensecrf`` (the ``crf`` extra), or the torch
+    backend on the CPU when ``pydensecrf`` is not installed.
+    """
     from mcc.refine import DenseCRF
 
-    parameters = inspect.signature(DenseCRF).parameters
-    if device.type == "cuda" and "backend" in parameters:
-        options = {"backend": "torch"}
-        if "device" in parameters:
-            options["device"] = device
-        return DenseCRF(10, 1, 1, 121, 5, 4, **options)
-    return DenseCRF(10, 1, 1, 121, 5, 4)
+    if "backend" not in inspect.signature(DenseCRF).parameters:  # an mcc without the torch backend
+        return DenseCRF(10, 1, 1, 121, 5, 4)
+    if device.type != "cuda":
+        try:
+            import pydensecrf.densecrf  # noqa: F401
+        except ImportError:
+            pass
+        else:
+            return DenseCRF(10, 1, 1, 121, 5, 4)
+    return DenseCRF(10, 1, 1, 121, 5, 4, backend="torch", device=device)
 
 
 def describe(record_scores: dict, name: str) -> str:

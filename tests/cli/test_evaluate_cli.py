@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 import tarfile
 
 import numpy as np
@@ -164,3 +165,13 @@ def test_torchrun_two_processes_split_the_files(synthetic, tmp_path):
     record = json.loads((labels / "metrics.json").read_text())
     assert (record["written"], record["skipped"], record["num_images"]) == (4, 0, 4)  # disjoint shares
     assert len(list(labels.glob("*.png"))) == 4 and "4 written" in printed
+
+
+def test_crf_backends(synthetic, tmp_path, monkeypatch):
+    from mcc.cli._common import make_crf
+
+    root, checkpoint = synthetic
+    record = _run(root, checkpoint, "--crf", "--no-cams", "--max-images", "1", "--out-dir", str(tmp_path))
+    assert "DenseCRF" in record["settings"]["crf"] and record["scores"]["seg"]["miou"] is not None
+    monkeypatch.setitem(sys.modules, "pydensecrf.densecrf", None)  # not installed: the torch backend
+    assert make_crf(torch.device("cpu")).backend == "torch"
