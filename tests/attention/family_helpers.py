@@ -76,7 +76,7 @@ def timm_masked_cls(model, images: torch.Tensor, key_mask: torch.Tensor) -> torc
     rows, tokens, _ = x.shape
     prefix = tokens - num_patches
     dropped = torch.cat([key_mask.new_zeros(rows, prefix), key_mask.reshape(rows, num_patches)], dim=1)
-    bias = torch.zeros(rows, 1, 1, tokens, dtype=x.dtype)
+    bias = torch.zeros(rows, 1, 1, tokens, dtype=x.dtype, device=x.device)
     bias = bias.masked_fill(dropped[:, None, None, :], float("-inf"))
     fused = [block.attn.fused_attn for block in model.blocks]
     try:

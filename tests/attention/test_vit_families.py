@@ -166,3 +166,37 @@ class TestRefusals:
         attn = KeyMaskedAttention(32, num_heads=4)
         with pytest.raises(ValueError, match="rope"):
             attn(torch.randn(1, 5, 32), rope=torch.randn(3, 16))
+
+
+@pytest.mark.parametrize("name", ["eva02", "dinov3_qkvb_swiglu"])
+def test_autocast_bfloat16_close_to_float32(name):
+    built, size = _sizes(name)
+    vit = patch_vit(build_family(name, built), aux_layer=-1)
+    generator = torch.Generator().manual_seed(5)
+    images = torch.randn(2, 3, *size, generator=generator)
+    key_mask = mixed_ratio_mask(2, vit.grid_size(images), generator)
+    reference = vit(images, key_mask).cls
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fast = vit(images, key_mask).cls.float()
+        plain = vit(images, key_mask, drop_tokens=False).cls.float()
+    assert torch.isfinite(fast).all()
+    assert relative_error(fast, reference) < 0.1
+    assert relative_error(plain, reference) < 0.1
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("name", ["eva02", "dinov3", "rope_mixed", "clip_b16"])
+def test_cuda_dropping_equals_plain_and_timm(name):
+    built, size = _sizes(name)
+    model = build_family(name, built).cuda()
+    vit = patch_vit(model, aux_layer=-1)
+    generator = torch.Generator().manual_seed(9)
+    images = torch.randn(2, 3, *size, generator=generator).cuda()
+    key_mask = mixed_ratio_mask(2, vit.grid_size(images), generator).cuda()
+    explicit = timm_masked_cls(model, images, key_mask)
+    assert relative_error(vit(images, key_mask).cls, explicit) < 1e-4
+    assert relative_error(vit(images, key_mask, drop_tokens=False).cls, explicit) < 1e-4
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        fast = vit(images, key_mask).cls.float()
+        plain = vit(images, key_mask, drop_tokens=False).cls.float()
+    assert relative_error(fast, plain) < 0.05
