@@ -130,25 +130,32 @@ class PermutohedralLattice:
         weights[..., 0] = by_rank[..., d] + (1.0 - by_rank[..., 0])
         weights[..., 1:] = by_rank[..., :d].flip(-1) - by_rank[..., 1:].flip(-1)
 
-        # Vertex r of the simplex: rem0 + canonical[r][rank], canonical[r][k] = r, or r - (d+1) past d - r.
-        remainder = torch.arange(d + 1, device=device).view(d + 1, 1)
-        rank_d = rank[..., :d].unsqueeze(-2)  # (B, Np, 1, d)
-        canonical = remainder - (d + 1) * (rank_d > d - remainder).to(torch.int64)
-        keys = rem0[..., :d].round().to(torch.int64).unsqueeze(-2) + canonical  # (B, Np, d+1, d)
-
-        vertex = self._index_points(keys)
+        vertex = self._index_points(rem0[..., :d].round().to(torch.int64), rank[..., :d])
         # (B*N, d+1): the lattice point of each pixel's vertex r and its barycentric weight.
         self._vertex = vertex.view(batch, -1, d + 1)[:, :num_pixels].reshape(-1, d + 1)
         self._splat_weight = weights[:, :num_pixels].reshape(-1, d + 1)
         self._slice_weight = self._splat_weight * self._alpha
         self._matrices: dict[str, torch.Tensor] = {}
 
-    def _index_points(self, keys: torch.Tensor) -> torch.Tensor:
-        """Sorted unique lattice points, each vertex's point index and each point's blur neighbours."""
-        batch, padded, _, d = keys.shape
-        flat = keys.reshape(-1, d)
-        low = flat.min(0).values - d  # neighbours reach d beyond the keys in each coordinate
-        span = flat.max(0).values + d + 1 - low
+    def _index_points(self, rem0: torch.Tensor, rank: torch.Tensor) -> torch.Tensor:
+        """Sorted unique lattice points, each vertex's point index and each point's blur neighbours.
+
+        Vertex r of a pixel's simplex has the key ``rem0 + canonical[r][rank]`` (first d coordinates),
+        ``canonical[r][k] = r``, or ``r - (d+1)`` for ``k > d - r``. Keys are packed into one int64 per
+        vertex (mixed radix, the image index most significant) without forming the keys themselves.
+
+        Args:
+            rem0: the 0-coloured point, shape (B, Np, d), int64.
+            rank: the ranks of the first d coordinates, shape (B, Np, d), int64.
+
+        Returns:
+            the lattice point of every vertex, shape (B*Np*(d+1),), pixel-major.
+        """
+        batch, _, d = rem0.shape
+        device = rem0.device
+        # Keys lie within d of rem0 and their neighbours within d of the keys.
+        low = rem0.amin(dim=(0, 1)) - 2 * d
+        span = rem0.amax(dim=(0, 1)) + 2 * d + 1 - low
         spans = [int(s) for s in span.tolist()]
         strides = [1] * d
         for i in range(d - 2, -1, -1):
@@ -158,15 +165,23 @@ class PermutohedralLattice:
             raise ValueError(
                 "features span too many lattice points for 64-bit keys; use larger standard deviations"
             )
-        stride_t = torch.tensor(strides, device=keys.device)
-        image = torch.arange(batch, device=keys.device).view(batch, 1, 1)
-        packed = ((keys - low) * stride_t).sum(-1) + image * block  # (B, Np, d+1)
+        stride_t = torch.tensor(strides, device=device)
+        image = torch.arange(batch, device=device).view(batch, 1)
+        base = ((rem0 - low) * stride_t).sum(-1) + image * block  # (B, Np)
+        # sum_i stride_i [rank_i >= t] for t = 0..d+1, from the strides placed at their ranks.
+        by_rank = torch.zeros(*rank.shape[:2], d + 2, dtype=torch.int64, device=device)
+        by_rank.scatter_(-1, rank, stride_t.expand_as(rank))
+        suffix = by_rank.flip(-1).cumsum(-1).flip(-1)  # suffix[..., t] = sum over ranks >= t
+        remainder = torch.arange(d + 1, device=device)
+        all_ones = sum(strides)
+        packed = (
+            base.unsqueeze(-1) + remainder * all_ones - (d + 1) * suffix[..., d + 1 - remainder]
+        )  # (B, Np, d+1)
         points, vertex = torch.unique(packed.reshape(-1), sorted=True, return_inverse=True)
         num_points = points.numel()
         self.num_points = num_points
 
         # Neighbours along axis j: key - 1 + (d+1) e_j and key + 1 - (d+1) e_j (only d coordinates kept).
-        all_ones = sum(strides)
         neighbours = []
         for j in range(d + 1):
             step = all_ones - ((d + 1) * strides[j] if j < d else 0)
