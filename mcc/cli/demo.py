@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="seed of the data, the weights and the run")
     parser.add_argument("--log-every", type=int, default=50, help="steps between log lines")
     parser.add_argument(
-        "--num-samples", type=int, default=6, help="validation images in samples.png (0: no picture)"
+        "--num-samples", type=int, default=4, help="validation images in samples.png (0: no picture)"
     )
     parser.add_argument("--zoom", type=int, default=2, help="pixel repetition of the panels in samples.png")
     return parser

@@ -100,7 +100,7 @@ def test_short_demo_learns_and_compares_cams_with_pseudo_labels(tmp_path):
     args = ["--out-dir", str(out_dir), "--work-dir", str(work_dir)]
     args += ["--steps", "300", "--num-train", "240", "--num-val", "30"]
     results = demo.main(args)
-    check_outputs(out_dir, work_dir, results, num_samples=6, zoom=2, size=64)
+    check_outputs(out_dir, work_dir, results, num_samples=4, zoom=2, size=64)
     # a from-scratch ViT learns the synthetic set: far above the all-background labelling (about 13 mIoU)
     baseline = results["baseline_background_miou"]
     assert results["cam_miou"] > max(40, baseline + 20) and results["pseudo_label_miou"] > 40
