@@ -10,7 +10,9 @@ from mcc.data import VOCSegmentation, VOCTrainViews, make_synthetic_voc
 from mcc.data.layout import DatasetRoot
 from mcc.network import MCCConfig, MCCNet
 
-SMALL = dict(projector_dim=16, projector_hidden_dim=32, projector_bottleneck_dim=8, decoder_dim=16, num_views=2)
+SMALL = dict(
+    projector_dim=16, projector_hidden_dim=32, projector_bottleneck_dim=8, decoder_dim=16, num_views=2
+)
 
 
 @pytest.fixture(scope="module")

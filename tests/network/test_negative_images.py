@@ -157,3 +157,17 @@ def test_datasets_and_evaluation_with_negative_images(tmp_path):
     losses = net.training_losses(x, v1, v2, sample["cls_label"][None], sample["img_box"][None], 13000)
     assert all(torch.isfinite(t) for t in losses)
     losses.total.backward()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_negative_batch_and_box_checks_on_cuda():
+    net = small_net().cuda()
+    x, v1, v2, cls_label, box = (t.cuda() for t in inputs(MIXED_3, with_box=True))
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        losses = net.training_losses(x, v1, v2, torch.zeros_like(cls_label), box, 13000)
+    assert all(torch.isfinite(t) for t in losses)
+    losses.total.backward()
+    bad = box.clone()
+    bad[1] = torch.tensor([0, 0, SIZE, SIZE])  # an (x0, y0, x1, y1) box
+    with pytest.raises(ValueError, match=r"img_box row 1"):
+        net.training_losses(x, v1, v2, cls_label, bad, 0)
