@@ -440,6 +440,8 @@ def _index_claims() -> dict[str, set[str]]:
 def test_index_lists_only_real_public_names():
     wrong = []
     for name, modules in _index_claims().items():
+        if "." in name and not name.startswith("mcc."):  # a file name such as metrics.json
+            continue
         if "." in name:  # e.g. mcc.poly_warmup_lr
             module, _, attr = name.rpartition(".")
             try:
@@ -458,7 +460,7 @@ def test_index_lists_only_real_public_names():
 
 def test_every_public_name_is_documented():
     claims = _index_claims()
-    listed = {name.rpartition(".")[2] for name in claims}
+    listed = {name.rpartition(".")[2] for name in claims if "." not in name or name.startswith("mcc.")}
     pages = "\n".join(p.read_text() for p in DOC_FILES if p.name != "index.md")
     missing_index = [n for n in mcc.__all__ if n not in listed]
     missing_pages = [n for n in mcc.__all__ if not re.search(rf"`[^`]*\b{re.escape(n)}\b[^`]*`", pages)]
