@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import timm
 import torch
@@ -47,7 +49,7 @@ def test_preset_builds_and_runs_mcc_net(name):
         logits = net(images)
         # Another (multi-scale) size works too: the position embedding / rope follow the grid.
         other = net(torch.randn(1, 3, 2 * size[0], 2 * size[1]))
-        masked = net.encoder(images, torch.rand(1, 2, size[0] * size[1] // (size[0] // 4) ** 2) < 0.5).cls
+        masked = net.encoder(images, torch.rand(1, 2, 24) < 0.5).cls  # 4 x 6 tokens
     grid = (4, 6)
     assert logits.shape == (1, 4, *grid)
     assert other.shape == (1, 4, 2 * grid[0], 2 * grid[1])
@@ -104,3 +106,34 @@ def test_offline_without_weights_says_what_to_do_in_one_line(monkeypatch, tmp_pa
     assert "\n" not in message
     assert "pretrained_file" in message and "pretrained=False" in message
     assert "--pretrained-file" in message and "--pretrained false" in message
+
+
+@pytest.mark.slow  # a whole float64 training step, fast and plain: about a minute on a loaded CPU
+@pytest.mark.parametrize("name", ["eva02-b14", "dinov3-b16"])
+def test_rope_preset_training_step_fast_equals_plain(name):
+    from mcc.network import MCCConfig
+
+    torch.manual_seed(0)
+    config = MCCConfig.released(
+        projector_dim=32, projector_hidden_dim=64, projector_bottleneck_dim=16, decoder_dim=32, num_views=4
+    )
+    probe = build_vit(name, pretrained=False, img_size=64 if "16" in name else 56, **SMALL)
+    size = 8 * probe.patch_embed.patch_size[0]
+    vit = build_vit(name, pretrained=False, img_size=size, **SMALL).double()
+    fast_net = MCCNet(vit, num_classes=3, config=config).double()
+    plain_net = copy.deepcopy(fast_net)
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 3, size, size, generator=g, dtype=torch.float64)
+    v1 = torch.randn(2, 3, size, size, generator=g, dtype=torch.float64)
+    inputs = (x, v1, x + 0.1 * torch.randn(x.shape, generator=g, dtype=torch.float64))
+    cls_label = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]], dtype=torch.float64)
+    key_mask = fast_net.mask_sampler(2, (8, 8), 4, generator=torch.Generator().manual_seed(5))
+    fast = fast_net.training_losses(*inputs, cls_label, None, 2500, key_mask=key_mask)
+    plain = plain_net.training_losses(*inputs, cls_label, None, 2500, key_mask=key_mask, fast=False)
+    torch.testing.assert_close(fast.total, plain.total, rtol=1e-9, atol=1e-12)
+    assert torch.isfinite(fast.total)
+    fast.total.backward()
+    plain.total.backward()
+    for (key, a), b in zip(fast_net.named_parameters(), plain_net.parameters()):
+        if a.grad is not None or b.grad is not None:
+            torch.testing.assert_close(a.grad, b.grad, rtol=1e-7, atol=1e-10, msg=key)
