@@ -278,7 +278,7 @@ class DenseCRF:
         return energy.float()
 
     def _torch_kernel(self, features: torch.Tensor, weight: float):
-        """One Potts pairwise term: a function Q (B, N, C) -> w * n * K(n * Q) as pydensecrf's apply."""
+        """One Potts term: a function Q (B, N, C) -> w * n * K(n * Q) (pydensecrf subtracts its negative)."""
         lattice = PermutohedralLattice(features)
         norm = lattice.filter(features.new_ones(*features.shape[:2], 1))
         if self.normalization == "none":
@@ -290,11 +290,8 @@ class DenseCRF:
             scaled = (1.0 / (norm.double() + 1e-20) ** exponent).float()
             before = scaled if self.normalization in ("symmetric", "before") else torch.ones_like(norm)
             after = scaled if self.normalization in ("symmetric", "after") else torch.ones_like(norm)
-
-        def message(q: torch.Tensor) -> torch.Tensor:
-            return weight * (lattice.filter(q * before) * after)
-
-        return message
+        # The normalisation and the Potts weight go into the splat and slice weights, once.
+        return lattice.scaled(before[..., 0], after[..., 0] * weight).filter
 
     def _torch_inference(self, images: torch.Tensor, probs: torch.Tensor, steps: int) -> torch.Tensor:
         batch, num_classes, height, width = probs.shape

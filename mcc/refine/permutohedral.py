@@ -28,6 +28,7 @@ to any number of value channels, e.g. at every mean-field iteration of a dense C
 
 from __future__ import annotations
 
+import copy
 import math
 import warnings
 
@@ -195,6 +196,30 @@ class PermutohedralLattice:
             neighbours.append(tuple(pair))
         self._neighbours = neighbours
         return vertex
+
+    def scaled(self, before: torch.Tensor, after: torch.Tensor) -> PermutohedralLattice:
+        """The same lattice with per-pixel factors folded into its splat and slice weights.
+
+        ``lattice.scaled(before, after).filter(v)`` is ``after * lattice.filter(before * v)`` (up to
+        rounding) without the two extra passes over the values: how a normalised CRF kernel is applied
+        at every iteration.
+
+        Args:
+            before: factor of every pixel's value before the splat, shape (B, N).
+            after: factor of every pixel's result after the slice, shape (B, N).
+
+        Returns:
+            a lattice sharing this one's points and neighbours.
+        """
+        expected = (self.batch_size, self.num_pixels)
+        for name, factor in (("before", before), ("after", after)):
+            if not isinstance(factor, torch.Tensor) or tuple(factor.shape) != expected:
+                raise ValueError(f"{name} must have shape {expected}, got {_describe(factor)}")
+        other = copy.copy(self)
+        other._splat_weight = self._splat_weight * before.to(self._splat_weight).reshape(-1, 1)
+        other._slice_weight = self._slice_weight * after.to(self._slice_weight).reshape(-1, 1)
+        other._matrices = {}
+        return other
 
     def filter(self, values: torch.Tensor, *, reverse: bool = False, plain: bool = False) -> torch.Tensor:
         """Splat, blur and slice ``values``.

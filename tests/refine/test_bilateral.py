@@ -243,3 +243,14 @@ def test_sparse_products_equal_the_plain_gathers(dtype):
     values = torch.rand(2, 23 * 19, 3, dtype=dtype)
     assert torch.equal(lattice.filter(values), lattice.filter(values, plain=True))
     assert torch.equal(lattice.filter(values, reverse=True), lattice.filter(values, reverse=True, plain=True))
+
+
+def test_scaled_lattice_folds_the_factors_in():
+    features = bilateral_features(random_image(2, 9, 13), 15.0, 50.0)
+    lattice = PermutohedralLattice(features)
+    before, after = torch.rand(2, 9 * 13, dtype=torch.float64), torch.rand(2, 9 * 13, dtype=torch.float64)
+    values = torch.rand(2, 9 * 13, 3, dtype=torch.float64)
+    expected = after.unsqueeze(-1) * lattice.filter(before.unsqueeze(-1) * values)
+    torch.testing.assert_close(lattice.scaled(before, after).filter(values), expected, rtol=1e-12, atol=0)
+    with pytest.raises(ValueError, match="after"):
+        lattice.scaled(before, after[:, :5])
