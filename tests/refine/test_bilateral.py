@@ -254,3 +254,14 @@ def test_scaled_lattice_folds_the_factors_in():
     torch.testing.assert_close(lattice.scaled(before, after).filter(values), expected, rtol=1e-12, atol=0)
     with pytest.raises(ValueError, match="after"):
         lattice.scaled(before, after[:, :5])
+
+
+def test_contract_signature():
+    import inspect
+
+    import mcc.refine
+
+    params = inspect.signature(mcc.refine.bilateral_filter).parameters
+    assert list(params) == ["image", "values", "sigma_rgb", "sigma_xy"]
+    assert all(p.default is inspect.Parameter.empty for p in params.values())
+    assert "bilateral_filter" in mcc.refine.__all__ and inspect.getdoc(mcc.refine.bilateral_filter)
