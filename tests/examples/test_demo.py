@@ -105,7 +105,7 @@ def test_short_demo_learns_and_compares_cams_with_pseudo_labels(tmp_path):
     baseline = results["baseline_background_miou"]
     assert results["cam_miou"] > max(40, baseline + 20) and results["pseudo_label_miou"] > 40
     assert results["seg_miou"] > 25
-    assert results["wall_time_s"] < 300
+    assert results["wall_time_s"] < 600  # a bound for a loaded machine (262 s with load 16 on 2 cores)
     # PAR refinement makes clearly better labels than the raw CAM at the same threshold (issue: data).
     assert results["pseudo_label_miou"] > results["cam_miou"] + 5
     # The three-way training target is precise where it commits, on most of the image.
