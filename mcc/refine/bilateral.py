@@ -71,7 +71,7 @@ def bilateral_filter(
         sigma_xy: spatial standard deviation in pixels, > 0.
 
     Returns:
-        filtered values, shape (B, K, H, W), dtype of ``values`` (float32 unless float64).
+        filtered values, shape (B, K, H, W), float64 if ``values`` is float64, else float32.
         Differentiable with respect to ``values`` (not ``image``).
 
     Raises:
