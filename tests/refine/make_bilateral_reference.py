@@ -43,6 +43,10 @@ CASES = [
     (1, 3, 21, 18, 13.0, 80.0, "smooth"),
     (1, 2, 64, 80, 15.0, 50.0, "smooth"),
     (2, 4, 33, 35, 15.0, 50.0, "blocks"),
+    # Degenerate shapes and extreme bandwidths: one pixel, one row, one column, sub-pixel sigma_xy.
+    (1, 2, 1, 1, 15.0, 50.0, "uint8"),
+    (2, 1, 1, 17, 0.7, 0.5, "continuous"),
+    (1, 3, 23, 1, 1000.0, 10000.0, "uint8"),
 ]
 
 

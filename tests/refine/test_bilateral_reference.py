@@ -1,8 +1,9 @@
 """bilateral_filter against stored outputs of the compiled rloss ``bilateralfilter`` extension.
 
 ``make_bilateral_reference.py`` (next to this file) built the extension and wrote the reference; the
-cases cover odd sizes, H*W not a multiple of 4, K = 1, 2, 3, 4, the published rloss bandwidths and the
-evaluation CRF's bilateral kernel. The contract is 1e-4 relative (max |diff| / max |ref|); on the CPU
+cases cover odd sizes, H*W not a multiple of 4, K = 1, 2, 3, 4, one pixel, one row, one column, the
+published rloss bandwidths, the evaluation CRF's bilateral kernel, sub-pixel and very large ones. The
+contract is 1e-4 relative (max |diff| / max |ref|); on the CPU
 in float32 the filter reproduces the C++ output bit for bit.
 """
 
