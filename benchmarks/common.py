@@ -71,15 +71,21 @@ def measure(step: Callable[[], None], device: torch.device, *, warmup: int = 1, 
     return {"median_s": statistics.median(times), "peak_mb": peak_above(mark, device), "times_s": times}
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Shows every option's default and keeps the description's line breaks."""
+
+
 def add_common_arguments(parser, *, batch: int, repeats: int) -> None:
     """The options both benchmarks take, and the hidden ones their child processes get."""
-    parser.add_argument("--model", default="deit_tiny_patch16_224")
-    parser.add_argument("--size", type=int, default=448)
-    parser.add_argument("--batch", type=int, default=batch)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--model", default="deit_tiny_patch16_224", help="timm ViT name")
+    parser.add_argument("--size", type=int, default=448, help="image side, pixels")
+    parser.add_argument("--batch", type=int, default=batch, help="images per step")
+    parser.add_argument(
+        "--device", default="cuda" if torch.cuda.is_available() else "cpu", help="where it runs"
+    )
     parser.add_argument("--amp", action="store_true", help="bf16 autocast")
-    parser.add_argument("--repeats", type=int, default=repeats)
-    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=repeats, help="timed repetitions (median reported)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed repetitions first")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--path", choices=["fast", "plain"], help=argparse.SUPPRESS)

@@ -27,7 +27,7 @@ import time
 
 import numpy as np
 import torch
-from common import environment, measure, run_child
+from common import HelpFormatter, environment, measure, run_child
 
 from mcc.refine import DenseCRF, bilateral_filter
 
@@ -98,11 +98,9 @@ def bilateral_child(args: argparse.Namespace) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (the CPU here is shared)")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3, help="timed repetitions (median reported)")
     parser.add_argument("--batch", type=int, default=8, help="images per batched CUDA call")
     parser.add_argument("--rloss-extension", help="folder of the compiled rloss bilateralfilter module")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)

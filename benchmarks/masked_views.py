@@ -15,7 +15,7 @@ import os
 
 import timm
 import torch
-from common import add_common_arguments, child_arguments, environment, measure, run_child
+from common import HelpFormatter, add_common_arguments, child_arguments, environment, measure, run_child
 
 from mcc.attention import ScaledBernoulliKeyMask, patch_vit
 
@@ -46,12 +46,12 @@ def child(args: argparse.Namespace) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     add_common_arguments(parser, batch=2, repeats=5)
-    parser.add_argument("--views", type=int, default=8)
-    parser.add_argument("--ratios", type=float, nargs="+", default=[0.5, 0.75, 0.95])
+    parser.add_argument("--views", type=int, default=8, help="masked views per image")
+    parser.add_argument(
+        "--ratios", type=float, nargs="+", default=[0.5, 0.75, 0.95], help="key-mask ratios to measure"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

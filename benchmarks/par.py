@@ -19,7 +19,7 @@ import os
 import sys
 
 import torch
-from common import environment, measure, run_child
+from common import HelpFormatter, environment, measure, run_child
 
 from mcc.refine import PAR, refine_cams_with_background
 
@@ -67,12 +67,10 @@ def child(args: argparse.Namespace) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--device", default="cpu")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser.add_argument("--device", default="cpu", help="where it runs")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (the CPU here is shared)")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3, help="timed repetitions (median reported)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--setting", choices=tuple(SETTINGS), help=argparse.SUPPRESS)
     parser.add_argument("--what", choices=("par", "refine"), help=argparse.SUPPRESS)

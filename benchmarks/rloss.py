@@ -26,7 +26,7 @@ import time
 import timm
 import torch
 import torch.nn.functional as F
-from common import environment, synchronize
+from common import HelpFormatter, environment, synchronize
 
 from mcc.losses import dense_energy_loss
 from mcc.network import MCCConfig, MCCNet
@@ -64,15 +64,15 @@ def timed(fn, device):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser.add_argument("--model", default="deit_tiny_patch16_224", help="timm ViT name")
+    parser.add_argument("--size", type=int, default=448, help="image side, pixels")
+    parser.add_argument("--batch", type=int, default=4, help="images per step")
+    parser.add_argument(
+        "--device", default="cuda" if torch.cuda.is_available() else "cpu", help="where it runs"
     )
-    parser.add_argument("--model", default="deit_tiny_patch16_224")
-    parser.add_argument("--size", type=int, default=448)
-    parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=3, help="timed repetitions (median reported)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed repetitions first")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--noise", action="store_true", help="pure noise images (the lattice's worst case)")
     args = parser.parse_args()

@@ -27,6 +27,7 @@ import time
 import timm
 import torch
 from common import (
+    HelpFormatter,
     add_common_arguments,
     child_arguments,
     environment,
@@ -112,11 +113,11 @@ def memory_child(args: argparse.Namespace) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     add_common_arguments(parser, batch=1, repeats=7)
-    parser.add_argument("--ratios", type=float, nargs="+", default=[0.75, 0.95])
+    parser.add_argument(
+        "--ratios", type=float, nargs="+", default=[0.75, 0.95], help="key-mask ratios to measure"
+    )
     parser.add_argument("--part", choices=["time", "labels", "grad"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.threads:

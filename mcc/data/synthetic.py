@@ -10,12 +10,15 @@ from mcc.data.synthetic_voc import make_synthetic_voc
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Write a synthetic VOC-layout dataset.")
+    parser = argparse.ArgumentParser(
+        description="Write a synthetic VOC-layout dataset.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     parser.add_argument("--out", required=True, help="output root")
-    parser.add_argument("--num-train", type=int, default=200)
-    parser.add_argument("--num-val", type=int, default=50)
+    parser.add_argument("--num-train", type=int, default=200, help="images of the 'train' split")
+    parser.add_argument("--num-val", type=int, default=50, help="images of the 'val' split")
     parser.add_argument("--size", type=int, default=128, help="image side in pixels")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the images")
     parser.add_argument("--ignore-border", type=int, default=0, help="255 band around objects, in pixels")
     args = parser.parse_args(argv)
     root = make_synthetic_voc(
