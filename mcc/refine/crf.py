@@ -106,6 +106,8 @@ class DenseCRF:
             self.device = torch.device(device)
         except (RuntimeError, TypeError) as error:
             raise ValueError(f"device must name a torch device, got {device!r}") from error
+        if backend == "torch" and self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device {device!r}: CUDA is not available")
         self._dcrf = dcrf
         self.backend = backend
         self.iter_max = int(iter_max)

@@ -175,6 +175,12 @@ def test_torch_backend_bad_parameters_raise(kwargs, match):
         DenseCRF(**{"backend": "torch", **kwargs})
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message without CUDA")
+def test_torch_backend_without_cuda_says_so():
+    with pytest.raises(ValueError, match="device"):
+        DenseCRF(backend="torch", device="cuda")
+
+
 def test_torch_backend_zero_iterations_return_the_unary_softmax():
     image, probs, _ = noisy_two_regions()
     np.testing.assert_allclose(
