@@ -156,10 +156,11 @@ def check_split_files(dataset: Dataset) -> None:
         FileNotFoundError: names the ids whose image or mask is missing (the first ten and a count).
     """
     data = getattr(dataset, "data", dataset)
-    missing_images = [i for i in data.ids if not data.image_path(i).is_file()]
+    ids = getattr(dataset, "ids", data.ids)  # a subset (select_ids) checks its own ids
+    missing_images = [i for i in ids if not data.image_path(i).is_file()]
     missing_masks = []
     if data.mask_dir is not None:
-        missing_masks = [i for i in data.ids if not data.mask_path(i).is_file()]
+        missing_masks = [i for i in ids if not data.mask_path(i).is_file()]
     problems = []
     if missing_images:
         problems.append(
@@ -290,6 +291,7 @@ def evaluate_to_dir(
       ``results.tar.gz`` (:func:`make_server_archive`), ready for the evaluation server.
 
     Under DDP every rank writes the files of its own images (``rank, rank + world_size, ...``).
+    Missing images or masks are reported first (:func:`check_split_files`), naming every one.
 
     Args:
         net: the network.
@@ -311,6 +313,8 @@ def evaluate_to_dir(
     if save_vis < 0:
         raise ValueError(f"save_vis must be >= 0, got {save_vis}")
     out_dir = Path(out_dir)
+    if hasattr(dataset, "data"):
+        check_split_files(dataset)  # every missing file named before any work
     has_truth = getattr(dataset, "labels", True) is not None
     if not has_truth:
         evaluate_kwargs = dict(evaluate_kwargs, cams=False, pseudo_labels=False, segmentation=True)

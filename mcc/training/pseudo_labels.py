@@ -17,7 +17,15 @@ from mcc.network import MCCNet
 from mcc.refine import refine_cams_with_background
 from mcc.training.evaluation import _to_patch_multiple
 from mcc.training.metrics import ConfusionMatrix
-from mcc.training.outputs import _barrier, _percent, read_label_png, save_label_png, scores_record, write_json
+from mcc.training.outputs import (
+    _barrier,
+    _percent,
+    check_split_files,
+    read_label_png,
+    save_label_png,
+    scores_record,
+    write_json,
+)
 
 __all__ = ["PSEUDO_LABEL_KINDS", "make_pseudo_labels"]
 
@@ -123,6 +131,7 @@ def make_pseudo_labels(
 
     Raises:
         ValueError: an unknown ``kind``, a dataset without image labels, or bad thresholds.
+        FileNotFoundError: images or masks of the dataset are missing (all named, before any work).
     """
     if kind not in PSEUDO_LABEL_KINDS:
         raise ValueError(f"kind must be one of {PSEUDO_LABEL_KINDS}, got {kind!r}")
@@ -137,6 +146,8 @@ def make_pseudo_labels(
         raise ValueError(
             f"dataset has {num_classes} classes (background included), the network {net.num_classes} + 1"
         )
+    if hasattr(dataset, "data"):
+        check_split_files(dataset)  # every missing file named before any work
     device = torch.device(device)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -175,3 +175,21 @@ def test_crf_backends(synthetic, tmp_path, monkeypatch):
     assert "DenseCRF" in record["settings"]["crf"] and record["scores"]["seg"]["miou"] is not None
     monkeypatch.setitem(sys.modules, "pydensecrf.densecrf", None)  # not installed: the torch backend
     assert make_crf(torch.device("cpu")).backend == "torch"
+
+
+def test_library_functions_name_missing_files_first(synthetic, tmp_path):
+    from mcc.training import evaluate_to_dir, make_pseudo_labels, net_from_checkpoint
+
+    root, checkpoint = synthetic
+    broken = tmp_path / "broken"
+    shutil.copytree(root, broken)
+    dataset = VOCSegmentation(broken, "train", validate=False)
+    (broken / "JPEGImages" / "train_000003.jpg").unlink()
+    net = net_from_checkpoint(checkpoint)
+    for call in (evaluate_to_dir, make_pseudo_labels):
+        with pytest.raises(FileNotFoundError, match="'train_000003'"):
+            call(net, dataset, tmp_path / "out")
+        assert not (tmp_path / "out").exists()
+    subset = select_ids(dataset, ["train_000000"])  # only the ids it holds are checked
+    record = evaluate_to_dir(net, subset, tmp_path / "out", cams=False, seg_scales=(1.0,))
+    assert record["num_images"] == 1
