@@ -12,6 +12,7 @@ checkpoints. The work is done by :func:`mcc.training.train`; see docs/training.m
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
 import json
 import random
@@ -71,13 +72,26 @@ def str2bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected a boolean, got {text!r}")
 
 
+def _parse_value(text: str) -> Any:
+    """A YAML scalar or list (``0.75``, ``true``, ``[1, 2]``, ``name``); Python literals without pyyaml."""
+    try:
+        import yaml
+    except ImportError:
+        lowered = text.strip().lower()
+        if lowered in ("true", "false", "null", "none", "~"):
+            return {"true": True, "false": False}.get(lowered)
+        try:
+            return ast.literal_eval(text.strip())
+        except (ValueError, SyntaxError):
+            return text.strip()
+    return yaml.safe_load(text)
+
+
 def _mcc_override(text: str) -> tuple[str, Any]:
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"expects KEY=VALUE, got {text!r}")
     key, value = text.split("=", 1)
-    import yaml
-
-    return key.strip(), yaml.safe_load(value)
+    return key.strip(), _parse_value(value)
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -175,8 +189,10 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None = None) -
     config_parser.add_argument("--config", default=None)
     known, _ = config_parser.parse_known_args(argv)
     if known.config:
-        import yaml
-
+        try:
+            import yaml
+        except ImportError:
+            parser.error("--config needs pyyaml: pip install pyyaml (or the 'examples' extra)")
         path = Path(known.config)
         if not path.is_file():
             parser.error(f"--config: file not found: {path}")
@@ -241,12 +257,17 @@ def seed_everything(seed: int) -> None:
 
 
 def write_args(args: argparse.Namespace, work_dir: Path) -> None:
-    """Writes the resolved arguments to ``work_dir/args.yaml`` (usable as ``--config``)."""
-    import yaml
-
+    """Writes the resolved arguments to ``work_dir/args.yaml`` (usable as ``--config``; JSON, which is
+    also YAML, when pyyaml is not installed)."""
     work_dir.mkdir(parents=True, exist_ok=True)
     values = {k: (dict(v) if k in ("mcc", "vit") else v) for k, v in vars(args).items()}
-    (work_dir / "args.yaml").write_text(yaml.safe_dump(values, sort_keys=True))
+    try:
+        import yaml
+    except ImportError:
+        text = json.dumps(values, indent=2, sort_keys=True, default=str) + "\n"
+    else:
+        text = yaml.safe_dump(values, sort_keys=True)
+    (work_dir / "args.yaml").write_text(text)
 
 
 def main(dataset: str, argv: list[str] | None = None) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 import tempfile
@@ -152,6 +153,13 @@ def net_from_checkpoint(
             "as mcc-train-voc / mcc-train-coco write it"
         )
     mcc = {k: tuple(v) if isinstance(v, list) else v for k, v in record["mcc"].items()}
+    known = {f.name for f in dataclasses.fields(MCCConfig)}
+    unknown = sorted(set(mcc) - known)
+    if unknown:
+        raise CheckpointError(
+            f"{name} records MCCConfig fields this version of mcc does not have: {', '.join(unknown)} "
+            "(written by a newer mcc?)"
+        )
     vit = build_vit(
         extra["model"],
         pretrained=False,

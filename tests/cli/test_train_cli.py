@@ -78,6 +78,13 @@ def test_vit_keywords_reach_the_checkpoint_record(tmp_path):
     assert args.vit == [("depth", 2)]
 
 
+def test_values_parse_without_pyyaml(monkeypatch):
+    with_yaml = [train_cli._parse_value(t) for t in ("0.75", "true", "[1, 2]", "name", "null")]
+    monkeypatch.setitem(sys.modules, "yaml", None)
+    without = [train_cli._parse_value(t) for t in ("0.75", "true", "[1, 2]", "name", "null")]
+    assert with_yaml == without == [0.75, True, [1, 2], "name", None]
+
+
 def test_unknown_mcc_field_is_a_value_error_naming_it():
     with pytest.raises(ValueError, match="not_a_field"):
         train_cli.mcc_config(_args("voc", "--mcc", "not_a_field=1"))
@@ -103,6 +110,9 @@ def test_net_from_checkpoint_rebuilds_the_network(synthetic, tmp_path):
         net_from_checkpoint(broken)
     with pytest.raises(FileNotFoundError):
         net_from_checkpoint(tmp_path / "missing.pt")
+    newer = dict(state["config"], mcc=dict(state["config"]["mcc"], field_from_the_future=1))
+    with pytest.raises(CheckpointError, match="field_from_the_future"):
+        net_from_checkpoint(dict(state, config=newer))
     # timm keywords recorded by --vit rebuild a non-default encoder
     record = dict(state["config"], extra=dict(state["config"]["extra"], model_kwargs={"embed_dim": 32}))
     with pytest.raises(CheckpointError, match="do not fit"):
