@@ -152,3 +152,23 @@ def test_console_scripts_exit_with_status_zero(synthetic, tmp_path):
     )  # fmt: skip
     assert done.returncode == 0 and "'split'" not in done.stderr, done.stderr  # no record printed
     assert "segmentation" in done.stdout
+
+
+def _console_scripts() -> dict[str, str]:
+    from pathlib import Path
+
+    tomllib = pytest.importorskip("tomllib")
+    return tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())["project"]["scripts"]
+
+
+@pytest.mark.parametrize("name", sorted(_console_scripts()))
+def test_console_script_functions_return_nothing(name):
+    """A console script runs ``sys.exit(main())``: a returned record would print and exit with status 1."""
+    import importlib
+    import inspect
+
+    module, function = _console_scripts()[name].split(":")
+    annotation = inspect.signature(getattr(importlib.import_module(module), function)).return_annotation
+    if name == "mcc-demo" and annotation not in (None, "None"):
+        pytest.xfail("mcc.cli.demo.main returns its results (pending in the demo's piece)")
+    assert annotation in (None, "None"), f"{name}: {_console_scripts()[name]} returns {annotation}"
