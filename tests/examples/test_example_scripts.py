@@ -63,6 +63,13 @@ def test_train_voc_resume_and_evaluate(root, tmp_path):
     ):
         assert label in out, out
 
+    out = run(
+        sys.executable, str(EXAMPLES / "make_pseudo_labels.py"), "--checkpoint", str(work / "last.pt"),
+        "--data-root", str(root), "--split", "train", "--device", "cpu", "--scales", "1.0",
+        "--out-dir", str(tmp_path / "pseudo"),
+    )  # fmt: skip
+    assert "6 written" in out and len(list((tmp_path / "pseudo").glob("*.png"))) == 6
+
 
 def test_torchrun_two_processes(root, tmp_path):
     work = tmp_path / "ddp"
@@ -95,7 +102,9 @@ def test_yaml_config_and_command_line_precedence(tmp_path):
     from mcc.cli import train as cli
 
     config = tmp_path / "c.yaml"
-    config.write_text("data_root: somewhere\nmax_iters: 7\nlr: 1.0e-4\nwarmup_iters: 2\nmcc:\n  mask_ratio: 0.5\n")
+    config.write_text(
+        "data_root: somewhere\nmax_iters: 7\nlr: 1.0e-4\nwarmup_iters: 2\nmcc:\n  mask_ratio: 0.5\n"
+    )
     args = cli.parse_args(cli.build_parser("coco"), ["--config", str(config), "--lr", "2e-4"])
     assert (args.data_root, args.max_iters, args.lr, args.batch_size) == ("somewhere", 7, 2e-4, 8)
     mcc_config = cli.mcc_config(args)
