@@ -28,7 +28,7 @@ def check_img_box(img_box: torch.Tensor, batch: int, size: tuple[int, int], devi
         ValueError: ``img_box`` is not a (B, 4) integer tensor, or a row is empty or leaves the map (an
             ``(x0, y0, x1, y1)`` box usually does one or the other); the message names the first bad row.
     """
-    img_box = torch.as_tensor(img_box, device=device)
+    img_box = torch.as_tensor(img_box)  # checked where it lives: a CPU box costs no device sync
     if img_box.shape != (batch, 4):
         raise ValueError(
             f"img_box must have shape ({batch}, 4) with rows {BOX_ORDER}, got {tuple(img_box.shape)}"
@@ -46,7 +46,7 @@ def check_img_box(img_box: torch.Tensor, batch: int, size: tuple[int, int], devi
             f"{height}x{width} map: need 0 <= y0 < y1 <= {height} and 0 <= x0 < x1 <= {width} "
             "(rows are (y0, y1, x0, x1), end exclusive; reorder an (x0, y0, x1, y1) box)"
         )
-    return img_box
+    return img_box if device is None else img_box.to(device)
 
 
 def _inside(img_box: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
