@@ -466,3 +466,18 @@ def test_every_public_name_is_documented():
     missing_pages = [n for n in mcc.__all__ if not re.search(rf"`[^`]*\b{re.escape(n)}\b[^`]*`", pages)]
     assert not missing_index, f"public names missing from docs/index.md's table: {missing_index}"
     assert not missing_pages, f"public names no docs page mentions: {missing_pages}"
+
+
+def test_relative_links_resolve():
+    """Every relative Markdown link of README.md and docs/*.md points at a file of the repository."""
+    broken = []
+    for path in DOC_FILES:
+        text = path.read_text(encoding="utf-8")
+        for match in re.finditer(r"!?\[[^\]]*\]\(([^)\s]+)\)", text):
+            target = match[1].split("#", 1)[0]
+            if not target or re.match(r"^[a-z][\w+.-]*:", target):  # anchors, http:, mailto:
+                continue
+            if not (path.parent / target).exists():
+                line = text.count("\n", 0, match.start()) + 1
+                broken.append(f"{path.relative_to(ROOT)}:{line}: {match[1]}")
+    assert not broken, "\n".join(broken)
