@@ -17,11 +17,13 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
 import torch
 
 from mcc.cli._common import HelpFormatter, add_data_arguments, add_run_arguments, make_crf, open_split
 from mcc.training import cleanup_distributed, init_distributed, make_pseudo_labels, net_from_checkpoint
+from mcc.training.pseudo_labels import SettingsMismatchError
 
 __all__ = ["build_parser", "main", "run"]
 
@@ -65,6 +67,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _make(args: argparse.Namespace, net, dataset, crf, context) -> dict:
+    return make_pseudo_labels(
+        net,
+        dataset,
+        args.out_dir,
+        kind=args.kind,
+        bkg_thre=args.bkg_thre,
+        fill_ignore=args.fill_ignore,
+        scales=args.scales,
+        flip=not args.no_flip,
+        crf=crf,
+        crf_confidence=args.crf_confidence,
+        overwrite=args.overwrite,
+        device=context.device,
+        rank=context.rank,
+        world_size=context.world_size,
+        max_images=args.max_images,
+        autocast_dtype=torch.bfloat16 if args.amp else None,
+        settings={"checkpoint": str(Path(args.checkpoint).resolve()), "world_size": context.world_size},
+    )
+
+
 def run(argv: list[str] | None = None) -> dict:
     """Parses the command line, writes the pseudo labels; returns the ``metrics.json`` record."""
     parser = build_parser()
@@ -84,25 +108,10 @@ def run(argv: list[str] | None = None) -> dict:
         net = net_from_checkpoint(args.checkpoint).to(context.device)
         crf = make_crf(context.device) if args.crf else None
         tic = time.perf_counter()
-        record = make_pseudo_labels(
-            net,
-            dataset,
-            args.out_dir,
-            kind=args.kind,
-            bkg_thre=args.bkg_thre,
-            fill_ignore=args.fill_ignore,
-            scales=args.scales,
-            flip=not args.no_flip,
-            crf=crf,
-            crf_confidence=args.crf_confidence,
-            overwrite=args.overwrite,
-            device=context.device,
-            rank=context.rank,
-            world_size=context.world_size,
-            max_images=args.max_images,
-            autocast_dtype=torch.bfloat16 if args.amp else None,
-            settings={"checkpoint": args.checkpoint, "world_size": context.world_size},
-        )
+        try:
+            record = _make(args, net, dataset, crf, context)
+        except SettingsMismatchError as error:
+            parser.error(str(error))
         if context.is_main:
             print(
                 f"{args.split}: {record['num_images']} pseudo labels ({args.kind}) in {args.out_dir}: "

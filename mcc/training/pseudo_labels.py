@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -27,9 +28,34 @@ from mcc.training.outputs import (
     write_json,
 )
 
-__all__ = ["PSEUDO_LABEL_KINDS", "make_pseudo_labels"]
+__all__ = ["PSEUDO_LABEL_KINDS", "SettingsMismatchError", "make_pseudo_labels"]
 
 PSEUDO_LABEL_KINDS = ("complete", "train")
+SETTINGS_FILE = "settings.json"
+
+
+class SettingsMismatchError(ValueError):
+    """``out_dir`` holds pseudo labels made with other settings (see :func:`make_pseudo_labels`)."""
+
+
+def _check_same_settings(path: Path, identity: dict[str, Any], overwrite: bool) -> None:
+    """Refuses to resume into a folder whose labels were made with other settings (unless overwriting)."""
+    if overwrite or not path.is_file():
+        return
+    try:
+        previous = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return  # unreadable: the labels are checked by nothing else either; rewritten below
+    changed = [
+        f"{key} {previous.get(key)!r} -> {value!r}"
+        for key, value in identity.items()
+        if key in previous and previous[key] != value
+    ]
+    if changed:
+        raise SettingsMismatchError(
+            f"out_dir {path.parent} holds pseudo labels made with other settings ({'; '.join(changed)}): "
+            "use another folder, or overwrite=True (--overwrite) to recompute them all"
+        )
 
 
 def _crf_on_label(
@@ -104,7 +130,10 @@ def make_pseudo_labels(
     ``rank, rank + world_size, ...``. Rank 0 writes ``out_dir/metrics.json``: ``split``, ``kind``,
     counts (``num_images``, ``written``, ``skipped`` over all ranks), ``settings`` and, where the dataset
     has ground truth, ``scores`` as :func:`~mcc.training.scores_record` (``"pseudo"`` for the complete
-    label; ``"pseudo_train"`` scored on its labelled pixels, with ``coverage``).
+    label; ``"pseudo_train"`` scored on its labelled pixels, with ``coverage``; ``"pseudo_train_filled"``
+    with ``fill_ignore``). ``out_dir/settings.json`` records what the labels depend on (kind,
+    thresholds, scales, flip, CRF, checkpoint); resuming into a folder made with other settings raises
+    :class:`SettingsMismatchError` (a ``ValueError``) unless ``overwrite``.
 
     Args:
         net: the trained network.
@@ -130,7 +159,8 @@ def make_pseudo_labels(
         the ``metrics.json`` record (on every rank).
 
     Raises:
-        ValueError: an unknown ``kind``, a dataset without image labels, or bad thresholds.
+        ValueError: an unknown ``kind``, a dataset without image labels, bad thresholds, or an
+            ``out_dir`` holding labels made with other settings (without ``overwrite``).
         FileNotFoundError: images or masks of the dataset are missing (all named, before any work).
     """
     if kind not in PSEUDO_LABEL_KINDS:
@@ -151,6 +181,22 @@ def make_pseudo_labels(
     device = torch.device(device)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    # What the labels depend on: a resumed run must not mix labels made another way into one folder.
+    identity = {
+        "kind": kind,
+        "fill_ignore": fill_ignore,
+        "bkg_thre": bkg_thre,
+        "low_thre": net.config.low_thre,
+        "high_thre": net.config.high_thre,
+        "scales": list(scales or net.config.cam_scales),
+        "flip": flip,
+        "crf": repr(crf) if crf is not None else None,
+        "crf_confidence": crf_confidence if crf is not None else None,
+        **{k: v for k, v in (settings or {}).items() if k == "checkpoint"},
+    }
+    _check_same_settings(out_dir / SETTINGS_FILE, identity, overwrite)
+    if rank == 0:
+        write_json(out_dir / SETTINGS_FILE, identity)
     config = net.config
     ignore = config.ignore_index
     scored = ConfusionMatrix(num_classes, ignore, device="cpu")
@@ -258,7 +304,7 @@ def make_pseudo_labels(
         },
     }
     if int(flag) > 0:
-        name = "pseudo" if kind == "complete" or fill_ignore else "pseudo_train"
+        name = "pseudo" if kind == "complete" else "pseudo_train_filled" if fill_ignore else "pseudo_train"
         scores = {name: scored.compute()}
         if name == "pseudo_train":
             scores["pseudo_train_coverage"] = coverage.compute()

@@ -102,6 +102,10 @@ def test_resume_skips_what_is_written(synthetic, tmp_path, capsys):
     third = _run(root, checkpoint, out, "--overwrite")
     assert (third["written"], third["skipped"]) == (4, 0)
     assert "4 written" in capsys.readouterr().out
+    with pytest.raises(SystemExit):  # labels of another kind never mix into the folder
+        _run(root, checkpoint, out, "--kind", "train")
+    assert "kind 'complete' -> 'train'" in capsys.readouterr().err
+    assert json.loads((out / "settings.json").read_text())["kind"] == "complete"
 
 
 def test_crf_keeps_the_image_classes(net_and_data, written, tmp_path):
