@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-fast demo lint bench clean
+.PHONY: install test test-fast demo ablation lint bench clean
 
 install: $(STAMP)
 
@@ -28,6 +28,11 @@ demo: install
 lint: install
 	$(BIN)/ruff check mcc tests benchmarks examples
 	$(BIN)/ruff format --check mcc tests benchmarks examples
+
+# MCC ablations on CPU (docs/ablation.md): makes the pretrained stand-in once, then 11 arms x 3 seeds,
+# two runs at a time; resumable. Results in runs/ablation/.
+ablation: install
+	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(BIN)/python examples/ablate.py --jobs 2
 
 bench: install
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/masked_views.py

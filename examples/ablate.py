@@ -90,6 +90,12 @@ ARMS: dict[str, Arm] = {
     "base_scratch": Arm(
         "from scratch, no masked contrast", pretrained=False, overrides={"w_mcc": 0.0}, reference=None
     ),
+    "mcc_warmup_scratch": Arm(
+        "from scratch, + masked contrast, w_mcc warm-up",
+        pretrained=False,
+        overrides={"mcc_warmup_steps": -1},
+        reference="base_scratch",
+    ),
     "mcc_scratch": Arm(
         "from scratch, + masked contrast (released)", pretrained=False, reference="base_scratch"
     ),
@@ -100,10 +106,12 @@ DEFAULT_ARMS = (
     "mcc_paper",
     "mcc_r0.75",
     "mcc_r0.5",
+    "mcc_warmup",
     "no_aff",
     "no_par",
     "base_scratch",
     "mcc_scratch",
+    "mcc_warmup_scratch",
 )
 
 
@@ -195,12 +203,52 @@ def run_path(out: Path, arm: str, seed: int) -> Path:
     return out / "runs" / arm / f"seed{seed}.json"
 
 
-def run_one(task: tuple[str, int, dict[str, Any], str]) -> dict[str, Any]:
-    """Trains and scores one (arm, seed); writes and returns its record."""
+def _claim(path: Path) -> bool:
+    """Takes the lock file of a run (holding this process id); False if a live process holds it.
+
+    Several ``ablate.py`` processes on one machine can then share a set of runs: each runs what no
+    other is running. A lock whose process is gone (a killed run) is taken over.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(2):
+        try:
+            handle = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                os.kill(int(path.read_text() or 0), 0)
+                return False  # held by a live process
+            except (ProcessLookupError, ValueError, FileNotFoundError):
+                path.unlink(missing_ok=True)  # stale: its process is gone
+                continue
+            except PermissionError:
+                return False
+        with os.fdopen(handle, "w") as file:
+            file.write(str(os.getpid()))
+        return True
+    return False
+
+
+def run_one(task: tuple[str, int, dict[str, Any], str]) -> dict[str, Any] | None:
+    """Trains and scores one (arm, seed); writes and returns its record (None: another process has it)."""
     arm_name, seed, setup, out = task
+    out = Path(out)
+    lock = run_path(out, arm_name, seed).with_suffix(".lock")
+    if not _claim(lock):
+        return None
+    try:
+        done = run_path(out, arm_name, seed)
+        if done.is_file():  # finished by another process since the task list was made
+            record = json.loads(done.read_text())
+            if record.get("setup") == setup:
+                return record
+        return _run_one(arm_name, seed, setup, out)
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def _run_one(arm_name: str, seed: int, setup: dict[str, Any], out: Path) -> dict[str, Any]:
     torch.set_num_threads(1)
     arm = ARMS[arm_name]
-    out = Path(out)
     root = out / "data"
     steps = setup["steps"]
     config = base_config(steps, **arm.overrides)
@@ -404,6 +452,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             pool = multiprocessing.get_context("spawn").Pool(args.jobs)
             results = pool.imap_unordered(run_one, tasks)
         for record in results:
+            if record is None:
+                continue  # another ablate.py process is running it
             records.append(record)
             m = record["miou"]
             print(

@@ -128,7 +128,14 @@ def probe(net: MCCNet, train_root: Path, epochs: int, lr: float, seed: int) -> L
     feats, labels = torch.cat(feats), torch.cat(labels)
     torch.manual_seed(seed)
     cfg = net.config
-    decoder = LargeFOV(feats.shape[1], net.num_classes + 1, cfg.decoder_dim, cfg.decoder_dilation)
+    decoder = LargeFOV(  # built as the network's own head
+        feats.shape[1],
+        net.num_classes + 1,
+        cfg.decoder_dim,
+        cfg.decoder_dilation,
+        getattr(cfg, "decoder_bias", True),
+        getattr(cfg, "decoder_init", "kaiming"),
+    )
     optimizer = torch.optim.AdamW(decoder.parameters(), lr=lr, weight_decay=0.01)
     batches = len(feats) // 16
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs * batches)
