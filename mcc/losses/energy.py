@@ -140,12 +140,7 @@ def dense_energy_loss(
             raise ValueError(
                 f"`img_box` must be a tensor of shape ({batch}, 4), got {type(img_box).__name__}"
             )
-        if img_box.shape == (batch, 4) and not img_box.is_floating_point():
-            y0, y1, x0, x1 = img_box.long().unbind(1)
-            if not bool(((y0 < y1) & (x0 < x1)).all()):
-                raise ValueError(
-                    f"`img_box` rows must be non-empty (y0, y1, x0, x1) boxes, got {img_box.tolist()}"
-                )
+        # one fused check: (B, 4) integer rows (y0, y1, x0, x1), non-empty and inside the crop
         roi = box_mask(img_box, batch, (height, width), device=seg_logits.device)
 
     with autocast_off(seg_logits):

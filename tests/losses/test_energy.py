@@ -49,7 +49,7 @@ def test_value_and_gradient_match_reference(exact_filter, dtype, height, width, 
     value, grad = reference_energy(image, logits, label, img_box, **kwargs)
     assert loss.shape == () and loss.dtype == dtype
     tol = 1e-5 if dtype == torch.float32 else 1e-10
-    assert loss.item() == pytest.approx(value, rel=tol)
+    assert loss.detach().item() == pytest.approx(value, rel=tol)
     assert value < 0
     assert _relative(logits.grad.double(), grad) < (1e-4 if dtype == torch.float32 else 1e-9)
 
@@ -63,7 +63,7 @@ def test_with_the_lattice_matches_reference(dtype):
     loss.backward()
     value, grad = reference_energy(image, logits, label, img_box, filter_fn=bilateral_filter)
     assert value < 0 and loss.dtype == dtype
-    assert loss.item() == pytest.approx(value, rel=1e-5)
+    assert loss.detach().item() == pytest.approx(value, rel=1e-5)
     assert _relative(logits.grad.double(), grad) < 1e-4
 
 
@@ -82,7 +82,9 @@ def test_gradient_is_the_published_one_not_autograds(exact_filter):
     gate = (1 - prob.amax(1, keepdim=True)).clamp(min=0)
     value = -(prob * gate * brute_force_filter(small_image, prob, 15.0, 3.0)).sum() / 2
     value.backward()
-    assert float(value) == pytest.approx(float(dense_energy_loss(image, logits, label, **kwargs)), rel=1e-12)
+    assert value.detach().item() == pytest.approx(
+        dense_energy_loss(image, logits, label, **kwargs).detach().item(), rel=1e-12
+    )
     assert _relative(published, exact_logits.grad) > 1e-2
 
 
@@ -94,7 +96,7 @@ def test_weight_scales_value_and_gradient(exact_filter):
         logits.grad = None
         loss = dense_energy_loss(image, logits, label, weight=weight, sigma_xy=6.0)
         loss.backward()
-        values.append(loss.item())
+        values.append(loss.detach().item())
         grads.append(logits.grad.clone())
     assert values[1] == pytest.approx(3 * values[0], rel=1e-12)
     torch.testing.assert_close(grads[1], 3 * grads[0])
@@ -110,10 +112,11 @@ def test_ignored_pixels_have_gate_one(exact_filter):
     )
     small_image = image[:, :, ::2][:, :, :, [0, 2, 4, 6, 8, 10]]
     expected = -(prob * brute_force_filter(small_image, prob, 15.0, 3.0)).sum() / 2
-    assert loss.item() == pytest.approx(float(expected), rel=1e-12)
+    assert loss.detach().item() == pytest.approx(float(expected), rel=1e-12)
     # with a labelled map instead the gate is 1 - max p < 1, and the energy is smaller in magnitude
     label.fill_(1)
-    assert abs(float(dense_energy_loss(image, logits, label, weight=1.0, sigma_xy=6.0))) < abs(loss.item())
+    labelled = dense_energy_loss(image, logits, label, weight=1.0, sigma_xy=6.0).detach().item()
+    assert abs(labelled) < abs(loss.detach().item())
 
 
 def test_custom_ignore_index(exact_filter):
@@ -121,7 +124,7 @@ def test_custom_ignore_index(exact_filter):
     other = label.masked_fill(label == 255, 7)
     a = dense_energy_loss(image, logits, label, sigma_xy=6.0)
     b = dense_energy_loss(image, logits, other, sigma_xy=6.0, ignore_index=7)
-    assert float(a) == float(b)
+    assert a.detach().item() == b.detach().item()
 
 
 def test_outside_the_box_nothing_counts(exact_filter):
@@ -140,7 +143,7 @@ def test_outside_the_box_nothing_counts(exact_filter):
     logits2 = torch.where(inside[:, None], logits.detach(), torch.randn_like(logits))
     label2 = torch.where(inside, label, torch.randint_like(label, 0, 4))
     other = dense_energy_loss(image2, logits2, label2, img_box, sigma_xy=6.0)
-    assert other.item() == pytest.approx(loss.item(), rel=1e-12)
+    assert other.detach().item() == pytest.approx(loss.detach().item(), rel=1e-12)
 
 
 def test_autocast_runs_the_filter_in_float32(exact_filter, monkeypatch):
@@ -158,7 +161,7 @@ def test_autocast_runs_the_filter_in_float32(exact_filter, monkeypatch):
     loss.backward()
     assert loss.dtype == torch.float32 and seen == [(torch.float32, torch.float32)]
     reference = dense_energy_loss(image, half.detach().float(), label, sigma_xy=6.0)
-    assert loss.item() == pytest.approx(float(reference), rel=1e-6)
+    assert loss.detach().item() == pytest.approx(float(reference), rel=1e-6)
     assert half.grad.dtype == torch.bfloat16 and torch.isfinite(half.grad.float()).all()
 
 
@@ -207,7 +210,7 @@ def test_cuda_matches_cpu():
     cuda_loss = dense_energy_loss(image.cuda(), cuda_logits, label.cuda(), img_box.cuda())
     cuda_loss.backward()
     assert cuda_loss.device.type == "cuda" and cuda_loss.shape == ()
-    assert float(cuda_loss) == pytest.approx(loss.item(), rel=1e-4)
+    assert cuda_loss.detach().item() == pytest.approx(loss.detach().item(), rel=1e-4)
     assert _relative(cuda_logits.grad.cpu(), logits.grad) < 1e-3
     with torch.autocast("cuda", dtype=torch.bfloat16):
         amp_loss = dense_energy_loss(image.cuda(), cuda_logits.bfloat16(), label.cuda(), img_box.cuda())
