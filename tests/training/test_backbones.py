@@ -108,7 +108,6 @@ def test_offline_without_weights_says_what_to_do_in_one_line(monkeypatch, tmp_pa
     assert "--pretrained-file" in message and "--pretrained false" in message
 
 
-@pytest.mark.slow  # a whole float64 training step, fast and plain: about a minute on a loaded CPU
 @pytest.mark.parametrize("name", ["eva02-b14", "dinov3-b16"])
 def test_rope_preset_training_step_fast_equals_plain(name):
     from mcc.network import MCCConfig
