@@ -136,3 +136,21 @@ def test_rope_preset_training_step_fast_equals_plain(name):
     for (key, a), b in zip(fast_net.named_parameters(), plain_net.parameters()):
         if a.grad is not None or b.grad is not None:
             torch.testing.assert_close(a.grad, b.grad, rtol=1e-7, atol=1e-10, msg=key)
+
+
+@pytest.mark.slow  # full-size ViT-B encoders at 448: several seconds each
+@pytest.mark.parametrize("name", sorted(BACKBONE_PRESETS))
+def test_full_size_preset_at_its_crop(name):
+    """The real configuration (depth 12, width 768, 448 crop; random weights) wraps exactly."""
+    vit = build_vit(name, pretrained=False).eval()
+    encoder = patch_vit(vit)
+    images = torch.randn(1, 3, 448, 448, generator=torch.Generator().manual_seed(0))
+    grid = encoder.grid_size(images)
+    key_mask = torch.rand(1, 3, grid[0] * grid[1], generator=torch.Generator().manual_seed(1)) < 0.75
+    with torch.no_grad():
+        tokens = encoder(images)
+        fast = encoder(images, key_mask).cls
+        plain = encoder(images, key_mask, drop_tokens=False).cls
+    torch.testing.assert_close(tokens.cls, vit.forward_features(images)[:, 0], rtol=0, atol=0)
+    assert tokens.patches.shape == (1, 768, *grid) and grid == (448 // vit.patch_embed.patch_size[0],) * 2
+    torch.testing.assert_close(fast, plain, rtol=1e-4, atol=1e-4)
