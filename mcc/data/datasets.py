@@ -12,8 +12,11 @@ from torch.utils.data import Dataset
 
 from mcc.data.layout import IGNORE_INDEX, DatasetRoot, read_image, read_mask
 from mcc.data.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
     PhotometricAugment,
     normalize,
+    pixel_stats,
     sample_crop_geometry,
     sample_resized_crop,
 )
@@ -66,7 +69,10 @@ class VOCSegmentation(_RootDataset):
         masks: False for splits without ground truth (VOC ``test``): samples then carry only image and id.
         validate: check every id when built (files exist, masks match their images). Mask values are
             always checked while deriving the image labels (cached, see ``DatasetRoot.image_labels``).
-        normalize_images: ImageNet-normalise the image (True) or return RGB in [0, 1].
+        normalize_images: normalise the image with ``mean``/``std`` (True) or return RGB in [0, 1].
+        mean: per-channel pixel mean of the normalisation: the backbone's (``vit.pretrained_cfg["mean"]``;
+            CLIP and EVA-02 differ from ImageNet, docs/backbones.md). Default ImageNet's.
+        std: per-channel pixel standard deviation; default ImageNet's.
 
     A sample is a dict:
 
@@ -87,7 +93,10 @@ class VOCSegmentation(_RootDataset):
         masks: bool = True,
         validate: bool = True,
         normalize_images: bool = True,
+        mean: tuple[float, float, float] = IMAGENET_MEAN,
+        std: tuple[float, float, float] = IMAGENET_STD,
     ) -> None:
+        self.mean, self.std = pixel_stats(mean, std)
         self.data = DatasetRoot(root, split, mask_dir=mask_dir, masks=masks, validate=validate)
         self.labels = self.data.image_labels() if masks else None
         self.normalize_images = normalize_images
@@ -99,7 +108,7 @@ class VOCSegmentation(_RootDataset):
         image_id = self.data.ids[index]
         image = read_image(self.data.image_path(image_id))
         if self.normalize_images:
-            tensor = normalize(image)
+            tensor = normalize(image, self.mean, self.std)
         else:
             tensor = torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1).float() / 255.0
         sample = {"image": tensor, "id": image_id}
@@ -142,12 +151,13 @@ class VOCTrainViews(_RootDataset):
         seed: see above.
         return_mask: also return ``mask``, the ground truth under ``x``'s geometry (for scoring pseudo
             labels during training and for tests; never a training signal in weak supervision).
-        mask_dir, validate: as in :class:`VOCSegmentation`.
+        mask_dir, validate, mean, std: as in :class:`VOCSegmentation` (default ImageNet's statistics;
+            pass the backbone's, the same as :class:`~mcc.MCCNet`'s ``pixel_mean``/``pixel_std``).
 
     A sample is a dict:
 
-    * ``x``, ``v2``: (3, crop_size, crop_size) float32, ImageNet-normalised;
-    * ``v1``: (3, global_size, global_size) float32, ImageNet-normalised;
+    * ``x``, ``v2``: (3, crop_size, crop_size) float32, normalised with ``mean``/``std``;
+    * ``v1``: (3, global_size, global_size) float32, normalised with ``mean``/``std``;
     * ``cls_label``: (C - 1,) float32, multi-hot over foreground classes;
     * ``img_box``: (4,) int64, ``(y0, y1, x0, x1)``: rows/columns of the crop covered by the image;
     * ``id``: str; with ``return_mask``: ``mask``, (crop_size, crop_size) int64, 255 outside the box.
@@ -172,7 +182,10 @@ class VOCTrainViews(_RootDataset):
         return_mask: bool = False,
         mask_dir: str | None = None,
         validate: bool = True,
+        mean: tuple[float, float, float] = IMAGENET_MEAN,
+        std: tuple[float, float, float] = IMAGENET_STD,
     ) -> None:
+        self.mean, self.std = pixel_stats(mean, std)
         if crop_size <= 0:
             raise ValueError(f"crop_size: expected a positive int, got {crop_size}")
         if global_size is not None and global_size <= 0:
@@ -220,7 +233,7 @@ class VOCTrainViews(_RootDataset):
     def _finish(self, region: Image.Image, photometric: PhotometricAugment | None, generator) -> torch.Tensor:
         if photometric is not None:
             region = photometric(region, generator)
-        return normalize(region)
+        return normalize(region, self.mean, self.std)
 
     def __getitem__(self, index: int) -> dict:
         image_id = self.data.ids[index]

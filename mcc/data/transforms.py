@@ -19,6 +19,7 @@ from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "pixel_stats",
     "normalize",
     "denormalize",
     "CropGeometry",
@@ -40,8 +41,37 @@ def _chance(generator: torch.Generator, p: float) -> bool:
     return torch.rand((), generator=generator).item() < p
 
 
-def normalize(image: Image.Image | np.ndarray | torch.Tensor) -> torch.Tensor:
-    """RGB image(s) -> ImageNet-normalised float32 tensor, channels first.
+def pixel_stats(mean: Sequence[float], std: Sequence[float]) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Checks per-channel pixel statistics and returns them as tuples of floats.
+
+    Args:
+        mean: three per-channel means of RGB in [0, 1] (ImageNet's :data:`IMAGENET_MEAN`, CLIP's
+            ``(0.4815, 0.4578, 0.4082)``; a timm model's ``pretrained_cfg["mean"]``).
+        std: three positive per-channel standard deviations.
+
+    Raises:
+        ValueError: not three finite values each, or a std that is not positive (the message names it).
+    """
+    checked = []
+    for name, values in (("mean", mean), ("std", std)):
+        try:
+            values = tuple(float(v) for v in values)
+        except (TypeError, ValueError):
+            raise ValueError(f"{name}: expected 3 numbers (R, G, B), got {values!r}") from None
+        if len(values) != 3 or not all(math.isfinite(v) for v in values):
+            raise ValueError(f"{name}: expected 3 finite numbers (R, G, B), got {values}")
+        if name == "std" and min(values) <= 0:
+            raise ValueError(f"std: expected positive values, got {values}")
+        checked.append(values)
+    return checked[0], checked[1]
+
+
+def normalize(
+    image: Image.Image | np.ndarray | torch.Tensor,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> torch.Tensor:
+    """RGB image(s) -> normalised float32 tensor ``(rgb - mean) / std``, channels first.
 
     Accepted forms (uint8 values are 0-255, floating values RGB in [0, 1]):
 
@@ -51,13 +81,18 @@ def normalize(image: Image.Image | np.ndarray | torch.Tensor) -> torch.Tensor:
 
     Args:
         image: the image(s).
+        mean: per-channel mean of RGB in [0, 1]; default ImageNet's (the statistics of the backbone's
+            weights: CLIP and EVA-02 use CLIP's, see docs/backbones.md).
+        std: per-channel standard deviation; default ImageNet's.
 
     Returns:
         shape (3, H, W), or (B, 3, H, W) for a batch, dtype float32, on the input tensor's device.
 
     Raises:
-        ValueError: ``image`` is of another type or shape, or not uint8 / floating.
+        ValueError: ``image`` is of another type or shape, or not uint8 / floating; ``mean``/``std`` not
+            three numbers (std positive).
     """
+    mean, std = pixel_stats(mean, std)
     if isinstance(image, Image.Image):
         rgb = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.uint8).copy()).permute(2, 0, 1)
     elif isinstance(image, np.ndarray):
@@ -81,24 +116,30 @@ def normalize(image: Image.Image | np.ndarray | torch.Tensor) -> torch.Tensor:
         rgb = rgb.float()
     else:
         raise ValueError(f"image: expected uint8 (0-255) or floating (0-1) values, got {rgb.dtype}")
-    mean = rgb.new_tensor(IMAGENET_MEAN).view(3, 1, 1)
-    std = rgb.new_tensor(IMAGENET_STD).view(3, 1, 1)
-    return (rgb - mean) / std
+    return (rgb - rgb.new_tensor(mean).view(3, 1, 1)) / rgb.new_tensor(std).view(3, 1, 1)
 
 
-def denormalize(images: torch.Tensor) -> torch.Tensor:
-    """Undo ImageNet normalisation: back to RGB in [0, 1] (e.g. for PAR).
+def denormalize(
+    images: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
+) -> torch.Tensor:
+    """Undo :func:`normalize`: back to RGB in [0, 1] (e.g. for PAR).
 
     Args:
-        images: shape (..., 3, H, W), normalised.
+        images: shape (..., 3, H, W), normalised with ``mean``/``std``.
+        mean: the per-channel mean they were normalised with; default ImageNet's.
+        std: the per-channel standard deviation; default ImageNet's.
     Returns:
-        same shape and dtype, RGB in [0, 1] (the zero padding of a crop becomes the ImageNet mean colour).
+        same shape and dtype, RGB in [0, 1] (the zero padding of a crop becomes the mean colour).
+
+    Raises:
+        ValueError: ``images`` not of shape (..., 3, H, W); ``mean``/``std`` not three numbers.
     """
     if images.ndim < 3 or images.shape[-3] != 3:
         raise ValueError(f"images: expected shape (..., 3, H, W), got {tuple(images.shape)}")
-    mean = images.new_tensor(IMAGENET_MEAN).view(3, 1, 1)
-    std = images.new_tensor(IMAGENET_STD).view(3, 1, 1)
-    return (images * std + mean).clamp(0.0, 1.0)
+    mean, std = pixel_stats(mean, std)
+    return (images * images.new_tensor(std).view(3, 1, 1) + images.new_tensor(mean).view(3, 1, 1)).clamp(
+        0.0, 1.0
+    )
 
 
 @dataclass(frozen=True)
