@@ -112,6 +112,20 @@ def test_total_is_the_weighted_sum_and_seg_starts_late():
     assert cfg.reg_weight(cfg.seg_start_step - 1) == 0.0 and cfg.reg_weight(cfg.seg_start_step) == 0.05
 
 
+@pytest.mark.parametrize(("preset", "step"), [("paper", 2500), ("released", 0)])
+def test_reg_term_is_not_computed_while_its_weight_is_zero(monkeypatch, preset, step):
+    from mcc.losses import energy
+
+    def no_filter(*args):
+        raise AssertionError("the bilateral filter ran")
+
+    monkeypatch.setattr(energy, "_filter", no_filter)
+    net = small_net(getattr(MCCConfig, preset)(**SMALL))
+    losses = net.training_losses(*batch(), step, generator=torch.Generator().manual_seed(0))
+    assert float(losses.reg) == 0.0 and not losses.reg.requires_grad
+    losses.total.backward()
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
 def test_fast_step_equals_plain_step_when_the_reg_term_dominates(dtype):
     # segmentation off and the energy weighted up, so that the decoder's gradient is the reg term's
