@@ -78,6 +78,22 @@ def open_split(args: argparse.Namespace) -> VOCSegmentation:
     return dataset
 
 
+def use_net_pixel_stats(dataset, net) -> None:
+    """Makes ``dataset`` normalise its images as the network expects (its ``pixel_mean``/``pixel_std``).
+
+    The checkpoint records the statistics of its run (CLIP's for a CLIP or EVA-02 encoder, ImageNet's
+    for DeiT and for checkpoints that record none); :func:`~mcc.training.net_from_checkpoint` puts them
+    on the network. ``dataset`` is a :class:`~mcc.data.VOCSegmentation`, possibly behind
+    :func:`~mcc.training.outputs.select_ids`.
+    """
+    mean = tuple(net.pixel_mean.flatten().tolist())
+    std = tuple(net.pixel_std.flatten().tolist())
+    base = dataset
+    while not hasattr(base, "mean") and hasattr(base, "dataset"):
+        base = base.dataset
+    base.mean, base.std = mean, std
+
+
 def make_crf(device: torch.device):
     """The published dense CRF ``(10, 1, 1, 121, 5, 4)``.
 

@@ -22,7 +22,14 @@ import time
 
 import torch
 
-from mcc.cli._common import HelpFormatter, add_data_arguments, add_run_arguments, make_crf, open_split
+from mcc.cli._common import (
+    HelpFormatter,
+    add_data_arguments,
+    add_run_arguments,
+    make_crf,
+    open_split,
+    use_net_pixel_stats,
+)
 from mcc.training import (
     cleanup_distributed,
     evaluate_to_dir,
@@ -125,6 +132,7 @@ def run(argv: list[str] | None = None) -> dict:
     context = init_distributed(args.device, timeout_s=args.dist_timeout)
     try:
         net = net_from_checkpoint(args.checkpoint).to(context.device)
+        use_net_pixel_stats(dataset, net)  # the run's image normalisation (CLIP's for CLIP)
         crf = make_crf(context.device) if args.crf else None
         cams = has_truth and not args.no_cams
         options = dict(

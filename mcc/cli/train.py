@@ -24,9 +24,11 @@ import numpy as np
 import torch
 
 from mcc.data import VOCSegmentation, VOCTrainViews
+from mcc.data.transforms import pixel_stats
 from mcc.network import MCCConfig, MCCNet
 from mcc.schedule import scaled_warmup_iters
 from mcc.training import (
+    BACKBONE_PRESETS,
     TrainSettings,
     build_vit,
     cleanup_distributed,
@@ -40,6 +42,8 @@ __all__ = [
     "main",
     "main_coco",
     "main_voc",
+    "backbone_pixel_stats",
+    "build_backbone",
     "mcc_config",
     "parse_args",
     "str2bool",
@@ -118,11 +122,27 @@ def build_parser(dataset: str) -> argparse.ArgumentParser:
     data.add_argument("--data-seed", type=int, default=0, help="seed of the random training views")
 
     model = parser.add_argument_group("model")
-    model.add_argument("--model", default="deit_base_patch16_224", help="timm ViT name")
     model.add_argument(
-        "--pretrained", type=str2bool, default=True, help="ImageNet weights (timm hub or --pretrained-file)"
+        "--model",
+        default="deit_base_patch16_224",
+        help=f"timm ViT name, or a backbone preset ({', '.join(BACKBONE_PRESETS)}; see docs/backbones.md)",
+    )
+    model.add_argument(
+        "--pretrained",
+        type=str2bool,
+        default=True,
+        help="pretrained weights (timm hub, or --pretrained-file offline); false: random init",
     )
     model.add_argument("--pretrained-file", default=None, help="local weights file: no download")
+    model.add_argument(
+        "--pixel-mean", type=float, nargs=3, default=None, metavar=("R", "G", "B"),
+        help="per-channel mean of the image normalisation (None: the backbone's pretrained_cfg mean; "
+        "ImageNet's for DeiT, CLIP's for clip-b16 and eva02-b14)",
+    )  # fmt: skip
+    model.add_argument(
+        "--pixel-std", type=float, nargs=3, default=None, metavar=("R", "G", "B"),
+        help="per-channel std of the image normalisation (None: the backbone's pretrained_cfg std)",
+    )  # fmt: skip
     model.add_argument(
         "--vit", type=_mcc_override, action="append", default=[], metavar="KEY=VALUE",
         help="keyword of timm.create_model, e.g. --vit drop_path_rate=0.1 or --vit patch_size=8 (repeatable)",
@@ -249,6 +269,55 @@ def mcc_config(args: argparse.Namespace) -> MCCConfig:
     return dataclasses.replace(config, **overrides)
 
 
+def build_backbone(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None):
+    """The encoder of ``--model`` (:func:`~mcc.training.build_vit`); missing weights exit in one line.
+
+    Raises:
+        SystemExit: (status 2, through ``parser.exit``) the pretrained weights can be neither downloaded
+            nor found in the local cache (offline), or ``--pretrained-file`` does not exist: one line
+            that says what to pass instead. Without ``parser`` the original exception propagates.
+    """
+    try:
+        return build_vit(
+            args.model, args.pretrained, args.pretrained_file, img_size=args.crop_size, **dict(args.vit)
+        )
+    except (ConnectionError, FileNotFoundError) as error:
+        if parser is None:
+            raise
+        if isinstance(error, FileNotFoundError):
+            message = f"--pretrained-file: {error}"
+        else:
+            message = (
+                f"cannot download the pretrained weights of --model {args.model} (offline or the hub is "
+                "unreachable, and they are not cached): pass --pretrained-file PATH (a local weights file "
+                "of that model) or --pretrained false (random initialisation)"
+            )
+        parser.exit(2, f"{parser.prog}: error: {message}\n")
+
+
+def backbone_pixel_stats(
+    vit, args: argparse.Namespace | None = None
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The image normalisation of a run: ``--pixel-mean``/``--pixel-std`` where given, else the backbone's.
+
+    The backbone's are ``vit.pretrained_cfg["mean"/"std"]``, the statistics its pretrained weights expect
+    (ImageNet's for DeiT and DINOv2/v3, CLIP's for CLIP and EVA-02, 0.5 for AugReg ViTs); ImageNet's when
+    it has none.
+
+    Returns:
+        (mean, std), three floats each.
+
+    Raises:
+        ValueError: statistics that are not three numbers (std positive).
+    """
+    from mcc.data import IMAGENET_MEAN, IMAGENET_STD
+
+    cfg = getattr(vit, "pretrained_cfg", None) or {}
+    mean = getattr(args, "pixel_mean", None) or cfg.get("mean") or IMAGENET_MEAN
+    std = getattr(args, "pixel_std", None) or cfg.get("std") or IMAGENET_STD
+    return pixel_stats(mean, std)
+
+
 def seed_everything(seed: int) -> None:
     """Seeds Python's ``random``, NumPy's global state and torch."""
     random.seed(seed)
@@ -281,15 +350,25 @@ def main(dataset: str, argv: list[str] | None = None) -> None:
     context = init_distributed(args.device, timeout_s=args.dist_timeout)
     try:
         seed_everything(args.seed)  # same seed on every rank: DDP also broadcasts rank 0's weights
-        train_set = VOCTrainViews(
-            args.data_root, args.train_split, crop_size=args.crop_size, seed=args.data_seed
-        )
-        val_set = VOCSegmentation(args.data_root, args.val_split) if args.val_split else None
         model_kwargs = dict(args.vit)
-        vit = build_vit(
-            args.model, args.pretrained, args.pretrained_file, img_size=args.crop_size, **model_kwargs
+        vit = build_backbone(args, parser)  # the datasets draw no random numbers: same init as before
+        try:
+            mean, std = backbone_pixel_stats(vit, args)
+        except ValueError as error:
+            parser.error(str(error))
+        # the data and the network use the statistics of the backbone's weights (CLIP, EVA-02: CLIP's)
+        train_set = VOCTrainViews(
+            args.data_root,
+            args.train_split,
+            crop_size=args.crop_size,
+            seed=args.data_seed,
+            mean=mean,
+            std=std,
         )
-        net = MCCNet(vit, train_set.num_foreground_classes, config)
+        val_set = (
+            VOCSegmentation(args.data_root, args.val_split, mean=mean, std=std) if args.val_split else None
+        )
+        net = MCCNet(vit, train_set.num_foreground_classes, config, pixel_mean=mean, pixel_std=std)
         settings = TrainSettings(
             work_dir=args.work_dir,
             max_iters=args.max_iters,
@@ -327,6 +406,8 @@ def main(dataset: str, argv: list[str] | None = None) -> None:
             "model": args.model,
             "model_kwargs": model_kwargs,
             "crop_size": args.crop_size,
+            "pixel_mean": list(mean),
+            "pixel_std": list(std),
             "dataset": dataset,
             "args": vars(args),
         }

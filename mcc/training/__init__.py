@@ -1,5 +1,8 @@
 """Training helpers: the MCC training loop, checkpoints, mIoU, evaluation, DDP set-up, encoder builder.
 
+The encoder builder :func:`build_vit` takes a timm name or a backbone preset of :data:`BACKBONE_PRESETS`
+(name -> :class:`BackbonePreset`: timm weights, crop size, build options; docs/backbones.md).
+
 Library code only (no argument parsing); the scripts in ``examples/`` put a command line on top.
 """
 
@@ -26,9 +29,11 @@ from mcc.training.outputs import (
 )
 from mcc.training.pseudo_labels import make_pseudo_labels
 from mcc.training.sampler import StepBatchSampler
-from mcc.training.vit import build_vit
+from mcc.training.vit import BACKBONE_PRESETS, BackbonePreset, build_vit
 
 __all__ = [
+    "BACKBONE_PRESETS",
+    "BackbonePreset",
     "CheckpointError",
     "ConfusionMatrix",
     "DistributedContext",

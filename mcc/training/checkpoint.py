@@ -116,7 +116,10 @@ def net_from_checkpoint(
     encoder (``"model"``, optionally ``"model_kwargs"`` for :func:`timm.create_model` and
     ``"crop_size"``), as the training commands (``mcc-train-voc``, ``mcc-train-coco``) write them. The
     encoder is built with random weights (no download), then the checkpoint's weights are loaded
-    strictly.
+    strictly. The network's ``pixel_mean``/``pixel_std`` are the recorded ``"pixel_mean"``/``"pixel_std"``
+    (the image normalisation of the run; ImageNet's for checkpoints that record none): normalise the
+    images it is given with them, e.g. ``VOCSegmentation(..., mean=net.pixel_mean.flatten().tolist(),
+    std=net.pixel_std.flatten().tolist())``.
 
     Args:
         checkpoint: a checkpoint file, or the dict :func:`load_checkpoint` returned.
@@ -166,12 +169,23 @@ def net_from_checkpoint(
         img_size=extra.get("crop_size", 448),
         **(extra.get("model_kwargs") or {}),
     )
-    net = MCCNet(vit, record["num_classes"], MCCConfig(**mcc))
+    mean, std = _recorded_pixel_stats(extra, name)
+    net = MCCNet(vit, record["num_classes"], MCCConfig(**mcc), pixel_mean=mean, pixel_std=std)
     try:
         net.load_state_dict(checkpoint["model"])
     except RuntimeError as error:
         raise CheckpointError(f"{name}: its weights do not fit the network it describes: {error}") from error
     return net.to(map_location) if isinstance(map_location, str | torch.device) else net
+
+
+def _recorded_pixel_stats(extra: dict[str, Any], name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The recorded image normalisation; ImageNet's for checkpoints written before it was recorded."""
+    from mcc.data.transforms import IMAGENET_MEAN, IMAGENET_STD, pixel_stats
+
+    try:
+        return pixel_stats(extra.get("pixel_mean") or IMAGENET_MEAN, extra.get("pixel_std") or IMAGENET_STD)
+    except ValueError as error:
+        raise CheckpointError(f"{name} records unusable pixel statistics: {error}") from error
 
 
 def rng_state() -> dict[str, Any]:

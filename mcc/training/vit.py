@@ -86,6 +86,14 @@ BACKBONE_PRESETS: dict[str, BackbonePreset] = {
         ),
     )
 }
+"""The backbone presets :func:`build_vit` (and ``mcc-train-voc --model``) accept, by name.
+
+Each is a :class:`BackbonePreset`. The pixel mean/std a preset's weights expect is the built model's
+``pretrained_cfg["mean"/"std"]`` (CLIP's for ``clip-b16`` and ``eva02-b14``, 0.5 for ``vit-b16-in21k``,
+ImageNet's for the others);
+the training command normalises its data with them and records them in the checkpoint. See
+docs/backbones.md for the table of presets and the papers that use them.
+"""
 
 
 def build_vit(
