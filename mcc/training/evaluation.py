@@ -17,6 +17,37 @@ from mcc.training.metrics import ConfusionMatrix, SegmentationScores
 __all__ = ["evaluate"]
 
 
+def check_pixel_stats(net: MCCNet, dataset: Dataset, name: str = "dataset") -> None:
+    """Refuses a dataset that normalises its images with other statistics than the network expects.
+
+    The dataset's ``mean``/``std`` (of :class:`~mcc.data.VOCSegmentation` / :class:`~mcc.data.VOCTrainViews`,
+    also behind a subset's ``dataset``) must equal the network's ``pixel_mean``/``pixel_std``: a CLIP or
+    EVA-02 encoder fed ImageNet-normalised images, or PAR given wrongly denormalised colours, would give
+    silently worse results. Datasets without these attributes, or returning unnormalised images, pass.
+
+    Raises:
+        ValueError: the statistics differ (the message gives both and names ``name``).
+    """
+    base = dataset
+    while not hasattr(base, "mean") and hasattr(base, "dataset"):
+        base = base.dataset
+    mean, std = getattr(base, "mean", None), getattr(base, "std", None)
+    if mean is None or std is None or not getattr(base, "normalize_images", True):
+        return
+    expected_mean = net.pixel_mean.detach().flatten().cpu().double()
+    expected_std = net.pixel_std.detach().flatten().cpu().double()
+    given_mean = torch.tensor(mean, dtype=torch.float64).flatten()
+    given_std = torch.tensor(std, dtype=torch.float64).flatten()
+    same_mean = torch.allclose(given_mean, expected_mean, atol=1e-6)
+    if not (same_mean and torch.allclose(given_std, expected_std, atol=1e-6)):
+        raise ValueError(
+            f"{name} normalises images with mean {tuple(mean)}, std {tuple(std)}, but the network expects "
+            f"pixel_mean {tuple(round(v, 6) for v in expected_mean.tolist())}, pixel_std "
+            f"{tuple(round(v, 6) for v in expected_std.tolist())}: give the dataset and MCCNet the same "
+            "statistics (the backbone's, vit.pretrained_cfg['mean'/'std']; docs/backbones.md)"
+        )
+
+
 def _to_patch_multiple(images: torch.Tensor, patch: tuple[int, int]) -> torch.Tensor:
     height, width = images.shape[-2:]
     size = (
@@ -130,6 +161,7 @@ def evaluate(
         raise ValueError(
             f"dataset has {num_classes} classes (background included), the network {net.num_classes} + 1"
         )
+    check_pixel_stats(net, dataset)
     has_truth = getattr(dataset, "labels", True) is not None
     if not has_truth and (cams or pseudo_labels):
         raise ValueError(

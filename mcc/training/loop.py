@@ -25,7 +25,7 @@ from mcc.network import MCCConfig, MCCNet, MCCTrainingStep
 from mcc.schedule import poly_warmup_lr, scaled_warmup_iters
 from mcc.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from mcc.training.distributed import DistributedContext, init_distributed
-from mcc.training.evaluation import evaluate
+from mcc.training.evaluation import check_pixel_stats, evaluate
 from mcc.training.outputs import scores_record, write_json
 from mcc.training.sampler import StepBatchSampler
 
@@ -357,6 +357,9 @@ def train(
             f"batch_size {settings.batch_size} must be divisible by world size {context.world_size} x "
             f"accumulation_steps {settings.accumulation_steps}"
         )
+    check_pixel_stats(net, train_set, "train_set")
+    if val_set is not None:
+        check_pixel_stats(net, val_set, "val_set")
     if settings.eval_every and val_set is None:
         log("no validation set: evaluation is off")
     use_amp = settings.amp and device.type == "cuda"

@@ -16,7 +16,7 @@ from torch.utils.data import Dataset
 from mcc.cam import multi_scale_cam
 from mcc.network import MCCNet
 from mcc.refine import refine_cams_with_background
-from mcc.training.evaluation import _to_patch_multiple
+from mcc.training.evaluation import _to_patch_multiple, check_pixel_stats
 from mcc.training.metrics import ConfusionMatrix
 from mcc.training.outputs import (
     _barrier,
@@ -176,6 +176,7 @@ def make_pseudo_labels(
         raise ValueError(
             f"dataset has {num_classes} classes (background included), the network {net.num_classes} + 1"
         )
+    check_pixel_stats(net, dataset)
     if hasattr(dataset, "data"):
         check_split_files(dataset)  # every missing file named before any work
     device = torch.device(device)

@@ -148,3 +148,26 @@ def test_presets_are_exported_with_docs_and_named_in_the_help():
     assert "docs/backbones.md" in text
     for name in BACKBONE_PRESETS:
         assert name in text, name
+
+
+def test_library_refuses_data_normalised_otherwise_than_the_network(synthetic, tmp_path):
+    from mcc.training import evaluate, make_pseudo_labels, select_ids
+    from mcc.training.evaluation import check_pixel_stats
+
+    root, checkpoint = synthetic
+    net = net_from_checkpoint(checkpoint).eval()  # ImageNet statistics
+    clip_val = VOCSegmentation(root, "val", mean=CLIP_MEAN, std=CLIP_STD)
+    with pytest.raises(ValueError, match="dataset normalises images with mean"):
+        evaluate(net, clip_val, cams=False, pseudo_labels=False, max_images=1)
+    with pytest.raises(ValueError, match="pixel_mean"):
+        make_pseudo_labels(net, select_ids(clip_val, clip_val.ids[:1]), tmp_path / "pl")
+    assert not (tmp_path / "pl").exists() or not any((tmp_path / "pl").iterdir())
+    check_pixel_stats(net, VOCSegmentation(root, "val"))  # the same statistics pass
+    check_pixel_stats(net, VOCSegmentation(root, "val", normalize_images=False, mean=CLIP_MEAN, std=CLIP_STD))
+    with pytest.raises(ValueError, match="train_set"):
+        from mcc.training import TrainSettings, train
+
+        views = VOCTrainViews(root, "train", crop_size=64, seed=0, mean=CLIP_MEAN, std=CLIP_STD)
+        train(
+            net, views, TrainSettings(work_dir=str(tmp_path / "w"), max_iters=1, batch_size=1, warmup_iters=0)
+        )
