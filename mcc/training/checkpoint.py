@@ -163,6 +163,8 @@ def net_from_checkpoint(
             f"{name} records MCCConfig fields this version of mcc does not have: {', '.join(unknown)} "
             "(written by a newer mcc?)"
         )
+    if "decoder_bias" not in mcc and "decoder.conv6.bias" in checkpoint["model"]:
+        mcc["decoder_bias"] = True  # written before the field existed, when the decoder had biases
     vit = build_vit(
         extra["model"],
         pretrained=False,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import subprocess
 import sys
 
@@ -12,7 +13,7 @@ import torch
 from mcc.cli import evaluate as evaluate_cli
 from mcc.cli import pseudo_labels as pseudo_cli
 from mcc.cli import train as train_cli
-from mcc.network import MCCConfig
+from mcc.network import MCCConfig, MCCNet
 from mcc.training import CheckpointError, load_checkpoint, net_from_checkpoint, save_checkpoint
 
 PARSERS = {
@@ -117,6 +118,20 @@ def test_net_from_checkpoint_rebuilds_the_network(synthetic, tmp_path):
     record = dict(state["config"], extra=dict(state["config"]["extra"], model_kwargs={"embed_dim": 32}))
     with pytest.raises(CheckpointError, match="do not fit"):
         net_from_checkpoint(dict(state, config=record))
+
+
+def test_net_from_checkpoint_reads_a_record_without_decoder_bias(synthetic):
+    # Checkpoints written before MCCConfig.decoder_bias existed had a decoder with biases.
+    _, checkpoint = synthetic
+    state = load_checkpoint(checkpoint)
+    net = net_from_checkpoint(state)
+    with_bias = MCCNet(net.encoder.vit, net.num_classes, dataclasses.replace(net.config, decoder_bias=True))
+    old_model = {k: v for k, v in with_bias.state_dict().items()}
+    old_mcc = {k: v for k, v in state["config"]["mcc"].items() if k != "decoder_bias"}
+    old = dict(state, model=old_model, config=dict(state["config"], mcc=old_mcc))
+    rebuilt = net_from_checkpoint(old)
+    assert rebuilt.config.decoder_bias
+    assert torch.equal(rebuilt.decoder.conv6.bias, old_model["decoder.conv6.bias"])
 
 
 @pytest.mark.parametrize("module", ["mcc.cli.evaluate", "mcc.cli.pseudo_labels"])
