@@ -10,12 +10,13 @@ from mcc.losses import (
     MomentumProjector,
     affinity_labels,
     affinity_loss,
+    dense_energy_loss,
     mcc_infonce,
     positive_views,
     segmentation_loss,
 )
 from mcc.network import LargeFOV, MCCConfig, MCCLosses, MCCNet, MCCTrainingStep
-from mcc.refine import PAR, DenseCRF, refine_cams_with_background
+from mcc.refine import PAR, DenseCRF, bilateral_filter, refine_cams_with_background
 from mcc.schedule import poly_warmup_lr
 
 __version__ = "0.1.0"
@@ -36,7 +37,9 @@ __all__ = [
     "ViTTokens",
     "affinity_labels",
     "affinity_loss",
+    "bilateral_filter",
     "cam_to_label",
+    "dense_energy_loss",
     "extract_cams",
     "mcc_infonce",
     "multi_scale_cam",

@@ -22,6 +22,8 @@ API_NAMES = {
     "MomentumProjector",
     "mcc_infonce",
     "poly_warmup_lr",
+    "bilateral_filter",
+    "dense_energy_loss",
 }
 
 
