@@ -344,7 +344,24 @@ def summarise(records: list[dict[str, Any]], arms: list[str], background: float)
             }
             entry["difference_seeds"] = paired
         summary[name] = entry
-    return {"background_miou": background, "arms": summary}
+    return {"background_miou": background, "arms": summary, "shared_config": shared_config(records)}
+
+
+def shared_config(records: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The config every run shares once the arms' own fields are set aside; None if two runs differ.
+
+    A check that all runs were made by the same code and base configuration (no field changed between
+    runs made at different times).
+    """
+    changed = {key for arm in ARMS.values() for key in arm.overrides}
+    shared = None
+    for record in records:
+        rest = {k: v for k, v in record["config"].items() if k not in changed}
+        if shared is None:
+            shared = rest
+        elif rest != shared:
+            return None
+    return shared
 
 
 def markdown_table(summary: dict[str, Any]) -> str:
@@ -371,31 +388,41 @@ def markdown_table(summary: dict[str, Any]) -> str:
 
 
 def plot(summary: dict[str, Any], path: Path) -> None:
-    """Per-arm bars (mean over seeds) with std error bars, one group per metric."""
+    """One panel per score: a bar per arm (mean over seeds) with the std over seeds as error bar.
+
+    Stand-in arms are blue, from-scratch arms orange; the baselines (``w_mcc = 0``) are darker. The dashed
+    line is the all-background prediction.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     arms = list(summary["arms"])
-    fig, ax = plt.subplots(figsize=(max(8, 1.1 * len(arms) * len(METRICS) / 2.5), 4.5))
-    width = 0.8 / max(1, len(arms))
-    colors = plt.get_cmap("tab10")
-    for i, name in enumerate(arms):
-        entry = summary["arms"][name]
-        xs = [j + (i - (len(arms) - 1) / 2) * width for j in range(len(METRICS))]
-        means = [entry["miou"][m]["mean"] for m in METRICS]
-        stds = [entry["miou"][m]["std"] for m in METRICS]
-        ax.bar(xs, means, width, yerr=stds, capsize=2, label=name, color=colors(i % 10))
-    ax.axhline(summary["background_miou"], color="black", linestyle="--", linewidth=1, label="all background")
-    ax.set_xticks(range(len(METRICS)), [METRIC_NAMES[m] for m in METRICS])
-    ax.set_ylabel("mIoU (%), synthetic val")
-    ax.set_ylim(0, 100)
-    ax.legend(fontsize=7, ncol=2, loc="upper left")
-    ax.grid(axis="y", alpha=0.3)
+    fig, axes = plt.subplots(2, 2, figsize=(max(8.0, 0.55 * len(arms) + 4), 7.5), sharex=True)
+    colors = []
+    for name in arms:
+        scratch = not ARMS[name].pretrained
+        baseline = ARMS[name].reference is None
+        colors.append(
+            ("#b35806" if baseline else "#f1a340") if scratch else ("#2c7bb6" if baseline else "#abd9e9")
+        )
+    for ax, metric in zip(axes.flat, METRICS):
+        means = [summary["arms"][a]["miou"][metric]["mean"] for a in arms]
+        stds = [summary["arms"][a]["miou"][metric]["std"] for a in arms]
+        ax.bar(range(len(arms)), means, yerr=stds, capsize=3, color=colors, edgecolor="black", linewidth=0.5)
+        ax.axhline(summary["background_miou"], color="black", linestyle="--", linewidth=1)
+        seeds = {len(summary["arms"][a]["seeds"]) for a in arms}
+        ax.set_title(f"{METRIC_NAMES[metric]} (mean ± std over {'/'.join(map(str, sorted(seeds)))} seeds)")
+        ax.set_ylim(0, 100)
+        ax.grid(axis="y", alpha=0.3)
+        ax.set_ylabel("mIoU (%)")
+    for ax in axes[1]:
+        ax.set_xticks(range(len(arms)), arms, rotation=45, ha="right")
+    fig.suptitle("MCC ablations, synthetic VOC val (dashed: all-background prediction)")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
 
 

@@ -16,9 +16,10 @@ validation split every ``--eval-every`` steps (CAM and segmentation: the curve),
 * ``target``: the training target (PAR, levels 0.25 / 0.7) on the pixels it labels, ``target_coverage``,
   and ``target_token_oracle``: the target's complete version (PAR at 0.5) through the token-grid
   bottleneck above, scored on every pixel, i.e. what the decoder could reach by fitting its target;
-* ``probe``: a fresh decoder trained to convergence (``--probe-epochs``) on the frozen encoder's tokens of
-  the training images against the same targets, then scored like ``seg``: how far more decoder training
-  alone goes.
+* ``probe``: a fresh decoder trained to convergence (``--probe-epochs``, cosine from the head's lr) on
+  the frozen encoder's tokens of the training images against the same targets, with the training
+  step's balanced loss and with plain cross entropy, then scored like ``seg``: how far more decoder
+  training alone goes, and what the loss's balance costs.
 """
 
 from __future__ import annotations
@@ -34,10 +35,11 @@ import torch.nn.functional as F
 
 from mcc.cli.demo import demo_config
 from mcc.data import VOCSegmentation, VOCTrainViews, make_synthetic_voc
+from mcc.losses import segmentation_loss
 from mcc.network import MCCNet
 from mcc.network.decoder import LargeFOV
 from mcc.refine import refine_cams_with_background
-from mcc.training import ConfusionMatrix, TrainSettings, train
+from mcc.training import ConfusionMatrix, TrainSettings, load_checkpoint, train
 from mcc.training.pretrain import ViTArch
 
 
@@ -54,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--eval-every", type=int, default=100)
     parser.add_argument("--probe-epochs", type=int, default=60)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--reuse", action="store_true", help="load --out/run/last.pt and its curve instead of training"
+    )
     return parser
 
 
@@ -112,8 +117,14 @@ def score_split(net: MCCNet, decoder: torch.nn.Module, val_set: VOCSegmentation)
     return result
 
 
-def probe(net: MCCNet, train_root: Path, epochs: int, lr: float, seed: int) -> LargeFOV:
-    """A fresh decoder fitted on frozen tokens of the (whole, and flipped) training images."""
+def probe(
+    net: MCCNet, train_root: Path, epochs: int, lr: float, seed: int, loss: str = "balanced"
+) -> LargeFOV:
+    """A fresh decoder fitted on frozen tokens of the (whole, and flipped) training images.
+
+    ``loss``: "balanced" (the training step's :func:`~mcc.segmentation_loss`, background and foreground
+    halves averaged separately) or "ce" (plain cross entropy over the labelled pixels).
+    """
     data = VOCSegmentation(train_root, "train")
     feats, labels = [], []
     with torch.no_grad():
@@ -147,9 +158,12 @@ def probe(net: MCCNet, train_root: Path, epochs: int, lr: float, seed: int) -> L
             logits = F.interpolate(
                 decoder(feats[pick]), size=labels.shape[-2:], mode="bilinear", align_corners=False
             )
-            loss = F.cross_entropy(logits, labels[pick], ignore_index=255)
+            if loss == "ce":
+                value = F.cross_entropy(logits, labels[pick], ignore_index=255)
+            else:
+                value = segmentation_loss(logits, labels[pick])
             optimizer.zero_grad()
-            loss.backward()
+            value.backward()
             optimizer.step()
             schedule.step()
     return decoder.eval()
@@ -175,19 +189,27 @@ def main(argv: list[str] | None = None) -> dict:
         eval_every=args.eval_every, eval_at_end=True, save_every=0, save_best=False,
     )  # fmt: skip
     tic = time.perf_counter()
-    result = train(net, train_set, settings, val_set=val_set, device="cpu")
+    if args.reuse:
+        net.load_state_dict(load_checkpoint(out / "run" / "last.pt")["model"])
+        curve = json.loads((out / "gap.json").read_text())["curve"]
+    else:
+        result = train(net, train_set, settings, val_set=val_set, device="cpu")
+        curve = [{"step": s, **{k: 100 * v for k, v in m.items()}} for s, m in result.evaluations]
     net.eval()
     final = score_split(net, net.decoder, val_set)
-    decoder = probe(net, root, args.probe_epochs, lr=args.lr * config.head_lr_scale, seed=args.seed)
-    probed = score_split(net, decoder, val_set)
+    probes = {}
+    for loss in ("balanced", "ce"):
+        decoder = probe(net, root, args.probe_epochs, args.lr * config.head_lr_scale, args.seed, loss)
+        probed = score_split(net, decoder, val_set)
+        probes[loss] = {"seg": probed["seg"], "seg_on_target_pixels": probed["seg_on_target_pixels"]}
     gap = {
         "command": "python examples/seg_gap.py "
         + " ".join(argv if argv is not None else __import__("sys").argv[1:]),
         "seg_start_step": config.seg_start_step,
         "w_seg": config.w_seg,
-        "curve": [{"step": s, **{k: 100 * v for k, v in m.items()}} for s, m in result.evaluations],
+        "curve": curve,
         "final": final,
-        "probe": {"seg": probed["seg"], "seg_on_target_pixels": probed["seg_on_target_pixels"]},
+        "probe": probes,
         "wall_time_s": time.perf_counter() - tic,
     }
     (out / "gap.json").write_text(json.dumps(gap, indent=2) + "\n")
