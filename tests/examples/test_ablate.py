@@ -38,7 +38,7 @@ def test_two_arm_ablation_writes_results_and_resumes(tmp_path, monkeypatch):
     assert delta == pytest.approx(runs["mcc"]["miou"]["seg"] - runs["base"]["miou"]["seg"])
     assert runs["base"]["config"]["w_mcc"] == 0 and runs["mcc"]["config"]["w_mcc"] == 0.5
     assert 0 < stored["background_miou"] < 30
-    assert stored["shared_config"]["w_affinity"] == 0.2  # both runs share everything but w_mcc
+    assert stored["shared_config"]["mask_scale"] == 1  # the runs share everything but the arms' fields
     assert results["arms"] == stored["arms"]
 
     # resume: nothing is run again, the per-run files are untouched
