@@ -82,5 +82,12 @@ def test_two_gloo_ranks_agree_and_match_accumulation(root, tmp_path):
         log=lambda message: None,
     )
     for name, value in parameters(single).items():
-        torch.testing.assert_close(rank0["params"][name], value, rtol=1e-5, atol=1e-6, msg=name)
+        expected = rank0["params"][name]
+        if name.endswith("attn.qkv.bias"):
+            # The key bias shifts every logit of a query equally, so softmax ignores it: its gradient is
+            # rounding noise, which AdamW's normalisation blows up to steps of any size. Compare q and v.
+            dim = value.numel() // 3
+            keep = torch.cat([torch.arange(dim), torch.arange(2 * dim, 3 * dim)])
+            expected, value = expected[keep], value[keep]
+        torch.testing.assert_close(expected, value, rtol=1e-5, atol=1e-6, msg=name)
     assert result.evaluations[0][1] == pytest.approx(rank0["evals"][0][1], abs=1e-3)
