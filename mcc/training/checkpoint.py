@@ -50,7 +50,7 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
             torch.save(state, file)
             file.flush()
             os.fsync(file.fileno())
-        os.replace(tmp_name, path)
+        replace_with_default_mode(tmp_name, path)
     except BaseException:
         try:
             os.unlink(tmp_name)
@@ -59,6 +59,18 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
         raise
     _fsync_directory(path.parent)  # makes the rename itself durable
     return path
+
+
+def replace_with_default_mode(tmp_name: str | os.PathLike, path: Path) -> None:
+    """:func:`os.replace` after giving the temporary file the mode a plain ``open`` would have.
+
+    :func:`tempfile.mkstemp` creates files readable by their owner only (0600); results and checkpoints
+    are meant to be shared like any other file (0666 less the umask).
+    """
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp_name, 0o666 & ~umask)
+    os.replace(tmp_name, path)
 
 
 def _fsync_directory(directory: Path) -> None:

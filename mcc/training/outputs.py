@@ -26,6 +26,7 @@ from torch.utils.data import Dataset
 
 from mcc.data.layout import voc_palette
 from mcc.network import MCCNet
+from mcc.training.checkpoint import replace_with_default_mode
 from mcc.training.evaluation import evaluate
 from mcc.training.metrics import SegmentationScores
 
@@ -52,7 +53,7 @@ def _atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") ->
     try:
         with os.fdopen(handle, mode) as file:
             write(file)
-        os.replace(tmp_name, path)
+        replace_with_default_mode(tmp_name, path)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import random
+import stat
 
 import numpy as np
 import pytest
@@ -75,3 +77,16 @@ def test_random_states_survive_a_checkpoint(tmp_path):
     set_rng_state(load_checkpoint(tmp_path / "rng.pt")["rng"])
     again = (torch.rand(3), random.random(), np.random.rand(), np.random.randn())  # noqa: NPY002
     assert torch.equal(expected[0], again[0]) and expected[1:] == again[1:]
+
+
+def test_written_files_get_the_usual_mode(tmp_path):
+    from mcc.training.outputs import write_json
+
+    umask = os.umask(0o022)
+    try:
+        save_checkpoint(tmp_path / "c.pt", {"step": 1})
+        write_json(tmp_path / "m.json", {"a": 1})
+    finally:
+        os.umask(umask)
+    for name in ("c.pt", "m.json"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o644, name
