@@ -7,7 +7,8 @@ runs, ``runs/ablation/work/<arm>/seed<k>/last.pt``), on ``--batches`` training b
 ablation's data and config (``ablate.base_config``) at each mask ratio, prints and writes to ``--out``:
 
 * ``grad_ratio``: ``|grad of w_mcc * mcc|`` over ``|grad of cls + cls_aux|`` on the encoder's
-  parameters (the contrast's pull against the classification's);
+  parameters (the contrast's pull against the classification's), with ``w_mcc = 0.5`` (the released
+  weight) also for checkpoints of ``w_mcc = 0`` arms;
 * ``cos``: the cosine between those two gradients (negative: they pull apart);
 * ``positive_rate``: the fraction of masked views judged positive, and ``all_dropped``: the fraction of
   masked views whose keys are all dropped (their class token sees no patch).
