@@ -175,7 +175,7 @@ def background_only_miou(dataset: VOCSegmentation, ignore_index: int = 255) -> f
     return matrix.compute().miou
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
+def run(argv: list[str] | None = None) -> dict[str, Any]:
     """Runs the demo; returns what it writes to ``<out-dir>/metrics.json`` (mIoU in percent)."""
     args = build_parser().parse_args(argv)
     if args.num_samples < 0 or args.num_samples > args.num_val:
@@ -273,6 +273,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     finally:
         if temporary:
             shutil.rmtree(work_dir, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The ``mcc-demo`` command: :func:`run`, exit status 0 (the results are in ``metrics.json``)."""
+    run(argv)
 
 
 if __name__ == "__main__":

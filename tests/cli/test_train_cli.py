@@ -184,6 +184,4 @@ def test_console_script_functions_return_nothing(name):
 
     module, function = _console_scripts()[name].split(":")
     annotation = inspect.signature(getattr(importlib.import_module(module), function)).return_annotation
-    if name == "mcc-demo" and annotation not in (None, "None"):
-        pytest.xfail("mcc.cli.demo.main returns its results (pending in the demo's piece)")
     assert annotation in (None, "None"), f"{name}: {_console_scripts()[name]} returns {annotation}"

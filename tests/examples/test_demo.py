@@ -75,7 +75,7 @@ def test_tiny_demo_writes_metrics_and_samples(tmp_path, capsys):
     args = ["--out-dir", str(out_dir), "--work-dir", str(work_dir), "--steps", "2", "--batch-size", "2"]
     args += ["--num-train", "4", "--num-val", "3", "--num-samples", "2", "--zoom", "1", "--size", "32"]
     args += ["--dim", "32", "--depth", "3", "--heads", "2", "--log-every", "1"]
-    results = demo.main(args)
+    results = demo.run(args)
     assert results["iterations"] == 2
     check_outputs(out_dir, work_dir, results, num_samples=2, zoom=1, size=32)
     assert "samples.png" in capsys.readouterr().out
@@ -83,7 +83,7 @@ def test_tiny_demo_writes_metrics_and_samples(tmp_path, capsys):
 
 def test_demo_arguments_are_checked(tmp_path):
     with pytest.raises(ValueError, match="--num-samples"):
-        demo.main(["--out-dir", str(tmp_path), "--num-val", "3", "--num-samples", "4"])
+        demo.run(["--out-dir", str(tmp_path), "--num-val", "3", "--num-samples", "4"])
 
 
 def test_examples_demo_is_a_wrapper(monkeypatch, capsys):
@@ -99,7 +99,7 @@ def test_short_demo_learns_and_compares_cams_with_pseudo_labels(tmp_path):
     out_dir, work_dir = tmp_path / "out", tmp_path / "work"
     args = ["--out-dir", str(out_dir), "--work-dir", str(work_dir)]
     args += ["--steps", "300", "--num-train", "240", "--num-val", "30"]
-    results = demo.main(args)
+    results = demo.run(args)
     check_outputs(out_dir, work_dir, results, num_samples=4, zoom=2, size=64)
     # a from-scratch ViT learns the synthetic set: far above the all-background labelling (about 13 mIoU)
     baseline = results["baseline_background_miou"]
