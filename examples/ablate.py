@@ -36,6 +36,7 @@ from typing import Any
 
 import torch
 
+from mcc.cli._common import HelpFormatter
 from mcc.data import VOCSegmentation, VOCTrainViews, make_synthetic_voc
 from mcc.network import MCCConfig, MCCNet
 from mcc.training import ConfusionMatrix, TrainSettings, evaluate, train
@@ -141,9 +142,7 @@ def base_config(steps: int, **overrides) -> MCCConfig:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--out", default="runs/ablation", help="output folder (default: %(default)s)")
     parser.add_argument(
         "--arms", default=",".join(DEFAULT_ARMS), help="comma-separated arm names (default: %(default)s)"

@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ablate import base_config  # noqa: E402
 
+from mcc.cli._common import HelpFormatter  # noqa: E402
 from mcc.data import VOCTrainViews  # noqa: E402
 from mcc.network import MCCConfig, MCCNet  # noqa: E402
 from mcc.training import load_checkpoint  # noqa: E402
@@ -35,16 +36,16 @@ from mcc.training.pretrain import ViTArch, load_standin  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--data", default="runs/ablation/data", help="synthetic VOC root of the ablation")
-    parser.add_argument("--standin", default="runs/pretrain/standin_vit.pt")
+    parser.add_argument("--standin", default="runs/pretrain/standin_vit.pt", help="stand-in weights file")
     parser.add_argument("--checkpoint", nargs="*", default=[], help="last.pt files of ablation runs")
-    parser.add_argument("--ratios", type=float, nargs="+", default=[0.5, 0.75, 0.95])
-    parser.add_argument("--batches", type=int, default=4)
+    parser.add_argument(
+        "--ratios", type=float, nargs="+", default=[0.5, 0.75, 0.95], help="mask ratios to probe"
+    )
+    parser.add_argument("--batches", type=int, default=4, help="training batches averaged per probe")
     parser.add_argument("--steps", type=int, default=200, help="the ablation's run length (its config)")
-    parser.add_argument("--out", default="runs/ablation/gradients.json")
+    parser.add_argument("--out", default="runs/ablation/gradients.json", help="JSON file of the results")
     return parser
 
 

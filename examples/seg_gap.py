@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from mcc.cli._common import HelpFormatter
 from mcc.cli.demo import demo_config
 from mcc.data import VOCSegmentation, VOCTrainViews, make_synthetic_voc
 from mcc.losses import segmentation_loss
@@ -44,18 +45,18 @@ from mcc.training.pretrain import ViTArch
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--data", default="runs/seg_gap/data", help="synthetic VOC root (made if missing)")
-    parser.add_argument("--steps", type=int, default=800)
+    parser.add_argument("--steps", type=int, default=800, help="training steps")
     parser.add_argument("--seg-start", type=float, default=0.5, help="fraction of the steps (demo: 0.5)")
     parser.add_argument("--w-seg", type=float, default=0.1, help="segmentation loss weight (demo: 0.1)")
-    parser.add_argument("--lr", type=float, default=6e-4)
-    parser.add_argument("--eval-every", type=int, default=100)
-    parser.add_argument("--probe-epochs", type=int, default=60)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--lr", type=float, default=6e-4, help="encoder learning rate")
+    parser.add_argument("--eval-every", type=int, default=100, help="steps between points of the curve")
+    parser.add_argument(
+        "--probe-epochs", type=int, default=60, help="epochs of the head fitted on the frozen encoder"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of data, model and batches")
     parser.add_argument(
         "--reuse", action="store_true", help="load --out/run/last.pt and its curve instead of training"
     )

@@ -28,7 +28,7 @@ MODULES = sorted(
 )
 FIRST_ARGUMENTS = {"mcc.cli.train": ["voc"]}  # programs that take a positional argument before options
 # Programs still being written by another piece of work (the ablation scripts); their help text follows.
-PENDING = {"examples/ablate.py", "examples/mcc_gradients.py", "examples/seg_gap.py"}
+PENDING: set[str] = set()
 
 
 class _Parsed(Exception):
