@@ -27,8 +27,6 @@ MODULES = sorted(
     if "ArgumentParser(" in path.read_text() and "__main__" in path.read_text()
 )
 FIRST_ARGUMENTS = {"mcc.cli.train": ["voc"]}  # programs that take a positional argument before options
-# Programs still being written by another piece of work (the ablation scripts); their help text follows.
-PENDING: set[str] = set()
 
 
 class _Parsed(Exception):
@@ -81,8 +79,7 @@ def _problems(parser: argparse.ArgumentParser) -> list[str]:
 
 
 def _param(kind: str, target: str):
-    pending = pytest.mark.xfail(target in PENDING, reason="help text pending", strict=False)
-    return pytest.param(kind, target, id=target, marks=pending)
+    return pytest.param(kind, target, id=target)
 
 
 @pytest.mark.parametrize(
