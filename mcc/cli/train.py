@@ -369,6 +369,10 @@ def main(dataset: str, argv: list[str] | None = None) -> None:
             VOCSegmentation(args.data_root, args.val_split, mean=mean, std=std) if args.val_split else None
         )
         net = MCCNet(vit, train_set.num_foreground_classes, config, pixel_mean=mean, pixel_std=std)
+        try:
+            net.check_crop_size(args.crop_size)
+        except ValueError as error:
+            parser.error(f"--crop-size {args.crop_size}: {error}")
         settings = TrainSettings(
             work_dir=args.work_dir,
             max_iters=args.max_iters,

@@ -203,16 +203,40 @@ class MCCNet(nn.Module):
         """
         scales = tuple(scales or self.config.cam_scales)
         self._check_images(images, patch_multiple=True)
+        self._check_scaled_sizes(tuple(images.shape[-2:]), scales, "scales")
+        return multi_scale_cam(self.cams, images, scales, flip)
+
+    def check_crop_size(self, size: int | tuple[int, int]) -> None:
+        """Raises ``ValueError`` unless training crops of ``size`` can be used with this network.
+
+        A training step takes the multi-scale CAM of every crop at ``config.cam_scales``, so the crop
+        and each scaled crop (``int(s * side)``) must be whole patches: with patch 16 and the published
+        scales (1.0, 0.5, 1.5) the crop side must be a multiple of 32 (448 is). Call it before a long
+        run; :func:`~mcc.training.train` and the training commands do.
+
+        Args:
+            size: crop side, or ``(height, width)``.
+        """
+        height, width = (size, size) if isinstance(size, int) else tuple(size)
+        scales = tuple(dict.fromkeys((1.0, *self.config.cam_scales)))
+        self._check_scaled_sizes((height, width), scales, "crop size")
+
+    def _check_scaled_sizes(self, size: tuple[int, int], scales, name: str) -> None:
         patch = self.encoder.patch_size
-        height, width = images.shape[-2:]
+        height, width = size
         for s in scales:
             h, w = int(s * height), int(s * width)
             if h < patch[0] or w < patch[1] or h % patch[0] or w % patch[1]:
+                valid = [c for c in range(patch[0], 4097, patch[0]) if self._whole(c, scales)][:4]
                 raise ValueError(
-                    f"scales: factor {s} gives {h}x{w} from {height}x{width}, not a multiple of the patch "
-                    f"size {patch[0]}x{patch[1]} (CAMs need whole patches)"
+                    f"{name}: factor {s} gives {h}x{w} from {height}x{width}, not a multiple of the patch "
+                    f"size {patch[0]}x{patch[1]} (CAMs need whole patches; with CAM scales {tuple(scales)} "
+                    f"square sides such as {', '.join(map(str, valid))}, ... work)"
                 )
-        return multi_scale_cam(self.cams, images, scales, flip)
+
+    def _whole(self, side: int, scales) -> bool:
+        patch = max(self.encoder.patch_size)
+        return all(int(s * side) >= patch and int(s * side) % patch == 0 for s in scales)
 
     @torch.no_grad()
     def segment(

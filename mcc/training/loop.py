@@ -372,6 +372,9 @@ def train(
             log(f"warning: {line}")
             warnings.warn(line, UserWarning, stacklevel=2)
 
+    crop_size = getattr(train_set, "crop_size", None)
+    if crop_size is not None:
+        net.check_crop_size(crop_size)  # before any work, not at the first CAM
     net.to(device)
     net.train()
     optimizer = torch.optim.AdamW(

@@ -355,3 +355,13 @@ def test_par_image_is_the_8bit_crop():
     assert (
         levels[0, :, 0, 0].tolist() in ([100.0] * 3, [99.0] * 3) and levels[0, :, 1, 1].tolist() == [99.0] * 3
     )
+
+
+def test_check_crop_size_names_the_crop_and_valid_sides():
+    net = MCCNet(VisionTransformer(img_size=64, patch_size=16, embed_dim=32, depth=3, num_heads=2), 3)
+    net.check_crop_size(448)
+    net.check_crop_size((320, 480))
+    with pytest.raises(ValueError, match=r"crop size: factor 0.5 gives 56x56 .* 32, 64, 96, 128"):
+        net.check_crop_size(112)
+    with pytest.raises(ValueError, match="crop size"):
+        net.check_crop_size(100)

@@ -87,3 +87,12 @@ def test_build_vit_from_a_local_file(tmp_path):
         build_vit("test_vit", pretrained_file=tmp_path / "absent.pth")
     with pytest.raises(ValueError, match="not a timm model"):
         build_vit("no_such_vit")
+
+
+def test_a_crop_that_cannot_make_cams_is_refused_before_any_work(root, tmp_path):
+    from mcc.data import VOCTrainViews
+
+    train_set = VOCTrainViews(root, "train", crop_size=48, seed=0)  # 0.5 x 48 = 24: not whole patches of 16
+    with pytest.raises(ValueError, match="crop size"):
+        train(tiny_net(), train_set, settings(tmp_path), device="cpu", log=lambda m: None)
+    assert not (tmp_path / "config.json").exists()
