@@ -14,10 +14,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from mcc.cam.multi_scale import multi_scale_cam
+from mcc.cam.multi_scale import multi_scale_cam, resize_to_patch_multiple
 
 __all__ = ["CAMExtractor", "extract_cams"]
 
@@ -35,18 +34,6 @@ def _is_timm_vit(model: nn.Module) -> bool:
     except ImportError:  # pragma: no cover - timm is a dependency
         return False
     return isinstance(model, VisionTransformer)
-
-
-def _to_patch_multiple(images: torch.Tensor, patch: tuple[int, int]) -> torch.Tensor:
-    # A ViT needs sides that are multiples of the patch; the maps are resized back by multi_scale_cam.
-    height, width = images.shape[-2:]
-    size = (
-        max(patch[0], round(height / patch[0]) * patch[0]),
-        max(patch[1], round(width / patch[1]) * patch[1]),
-    )
-    if size == (height, width):
-        return images
-    return F.interpolate(images, size=size, mode="bilinear", align_corners=False)
 
 
 def _linear_weight(classifier: nn.Module, name: str) -> torch.Tensor:
@@ -279,11 +266,13 @@ class CAMExtractor:
             images: (N, 3, H, W), normalised as the model expects, on the model's device.
         """
         if self.kind == "mcc":
-            cams, cams_aux = self.model.cams(_to_patch_multiple(images, self.model.encoder.patch_size))
+            cams, cams_aux = self.model.cams(resize_to_patch_multiple(images, self.model.encoder.patch_size))
             cams = cams_aux if self.aux else cams
             return cams if self.classes is None else cams[:, self.classes]
         if self.kind == "vit":
-            features = self._vit_patches(_to_patch_multiple(images, tuple(self.model.patch_embed.patch_size)))
+            features = self._vit_patches(
+                resize_to_patch_multiple(images, tuple(self.model.patch_embed.patch_size))
+            )
         else:
             features = self._hook_features(images)
         weight = self._weight()

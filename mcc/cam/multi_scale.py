@@ -117,3 +117,19 @@ def _merge(
     if flip:
         maps = torch.maximum(maps[:batch], maps[batch:].flip(-1))
     return maps.relu()
+
+
+def resize_to_patch_multiple(images: torch.Tensor, patch: tuple[int, int]) -> torch.Tensor:
+    """Images (B, 3, H, W) resized bilinearly to the nearest sides that are multiples of ``patch``.
+
+    A ViT needs whole patches; :func:`multi_scale_cam` resizes the maps back to (H, W). Returns the
+    input itself when its sides already are multiples.
+    """
+    height, width = images.shape[-2:]
+    size = (
+        max(patch[0], round(height / patch[0]) * patch[0]),
+        max(patch[1], round(width / patch[1]) * patch[1]),
+    )
+    if size == (height, width):
+        return images
+    return F.interpolate(images, size=size, mode="bilinear", align_corners=False)

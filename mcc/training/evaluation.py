@@ -6,10 +6,10 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from mcc.cam import cam_to_label, multi_scale_cam
+from mcc.cam.multi_scale import resize_to_patch_multiple
 from mcc.network import MCCNet
 from mcc.refine import refine_cams_with_background
 from mcc.training.metrics import ConfusionMatrix, SegmentationScores
@@ -46,17 +46,6 @@ def check_pixel_stats(net: MCCNet, dataset: Dataset, name: str = "dataset") -> N
             f"{tuple(round(v, 6) for v in expected_std.tolist())}: give the dataset and MCCNet the same "
             "statistics (the backbone's, vit.pretrained_cfg['mean'/'std']; docs/backbones.md)"
         )
-
-
-def _to_patch_multiple(images: torch.Tensor, patch: tuple[int, int]) -> torch.Tensor:
-    height, width = images.shape[-2:]
-    size = (
-        max(patch[0], round(height / patch[0]) * patch[0]),
-        max(patch[1], round(width / patch[1]) * patch[1]),
-    )
-    if size == (height, width):
-        return images
-    return F.interpolate(images, size=size, mode="bilinear", align_corners=False)
 
 
 def _segment(
@@ -192,7 +181,7 @@ def evaluate(
     use_autocast = autocast_dtype is not None and device.type == "cuda"
 
     def cam_fn(images: torch.Tensor):
-        return net.cams(_to_patch_multiple(images, patch))
+        return net.cams(resize_to_patch_multiple(images, patch))
 
     was_training = net.training
     net.eval()

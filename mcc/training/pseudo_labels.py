@@ -14,9 +14,10 @@ import torch
 from torch.utils.data import Dataset
 
 from mcc.cam import multi_scale_cam
+from mcc.cam.multi_scale import resize_to_patch_multiple
 from mcc.network import MCCNet
 from mcc.refine import refine_cams_with_background
-from mcc.training.evaluation import _to_patch_multiple, check_pixel_stats
+from mcc.training.evaluation import check_pixel_stats
 from mcc.training.metrics import ConfusionMatrix
 from mcc.training.outputs import (
     _barrier,
@@ -221,7 +222,7 @@ def make_pseudo_labels(
     use_autocast = autocast_dtype is not None and device.type == "cuda"
 
     def cam_fn(images: torch.Tensor):
-        return net.cams(_to_patch_multiple(images, patch))
+        return net.cams(resize_to_patch_multiple(images, patch))
 
     def refine(image: torch.Tensor, cam: torch.Tensor, cls_label: torch.Tensor, low: float, high: float):
         return refine_cams_with_background(
