@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -77,6 +78,14 @@ def init_distributed(
 
 
 def cleanup_distributed() -> None:
-    """Destroys the default process group if there is one."""
+    """Destroys the default process group if there is one.
+
+    On a normal exit every rank first waits for the others, so no rank tears its connections down while
+    a peer still uses them (with gloo that can abort the process at exit). While an exception is
+    propagating (``cleanup_distributed`` in a ``finally``) there is no such wait: a failed rank leaves
+    at once and its peers fail in their next collective.
+    """
     if dist.is_available() and dist.is_initialized():
+        if sys.exc_info()[0] is None and dist.get_world_size() > 1:
+            dist.barrier()
         dist.destroy_process_group()
