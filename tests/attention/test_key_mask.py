@@ -55,7 +55,7 @@ def test_device_argument():
     assert mask.device.type == "cpu"
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.cuda
 def test_cuda_device_and_generator():
     generator = torch.Generator(device="cuda").manual_seed(0)
     a = ScaledBernoulliKeyMask(0.5)(2, (28, 28), 8, generator=generator)

@@ -169,7 +169,7 @@ def test_autocast_bfloat16_close_to_float32():
     assert relative_error(plain.float(), reference) < 0.1
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.cuda
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_cuda_autocast_dropping_equals_plain(dtype):
     vit = patch_vit(build("deit_tiny", 448)).cuda()

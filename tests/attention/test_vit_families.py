@@ -184,7 +184,7 @@ def test_autocast_bfloat16_close_to_float32(name):
     assert relative_error(plain, reference) < 0.1
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.cuda
 @pytest.mark.parametrize("name", ["eva02", "dinov3", "rope_mixed", "clip_b16"])
 def test_cuda_dropping_equals_plain_and_timm(name):
     built, size = _sizes(name)

@@ -3,7 +3,7 @@ import torch
 
 from mcc.cam import cam_to_label
 
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+cuda = pytest.mark.cuda
 
 
 def hand_case():

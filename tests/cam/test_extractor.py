@@ -228,7 +228,7 @@ def test_bad_arguments_name_themselves():
         CAMExtractor("resnet18")
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.cuda
 def test_cuda_cams_on_the_model_device_match_cpu():
     resnet = _resnet()
     images = torch.randn(2, 3, 64, 48)

@@ -4,7 +4,7 @@ import torch.nn.functional as F
 
 from mcc.cam import multi_scale_cam
 
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+cuda = pytest.mark.cuda
 
 
 class PatchCam(torch.nn.Module):

@@ -12,7 +12,7 @@ from mcc.losses import (
     segmentation_loss,
 )
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+pytestmark = pytest.mark.cuda
 
 
 @pytest.mark.parametrize("dtype", [None, torch.float16, torch.bfloat16])

@@ -199,7 +199,7 @@ def test_bad_arguments(exact_filter, change, name):
         dense_energy_loss(**args)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.cuda
 def test_cuda_matches_cpu():
     # the real lattice on both devices
     image, logits, label = _inputs(batch=2, classes=21, height=64, width=48)

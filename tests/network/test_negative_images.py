@@ -159,7 +159,7 @@ def test_datasets_and_evaluation_with_negative_images(tmp_path):
     losses.total.backward()
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.cuda
 def test_negative_batch_and_box_checks_on_cuda():
     net = small_net().cuda()
     x, v1, v2, cls_label, box = (t.cuda() for t in inputs(MIXED_3, with_box=True))

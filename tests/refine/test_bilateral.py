@@ -225,7 +225,7 @@ def test_simd_padding_only_adds_points_that_receive_no_splat():
     assert (a - b).abs().max() / b.abs().max() < 0.05
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.cuda
 def test_cuda_matches_cpu():
     image = random_image(2, 37, 41, dtype=torch.float32)
     values = torch.rand(2, 3, 37, 41)

@@ -55,7 +55,7 @@ def test_float64_is_close_to_the_rloss_extension(index):
     assert (out - reference).abs().max() / reference.abs().max() < 1e-4
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.cuda
 @pytest.mark.parametrize("index", CASES)
 def test_cuda_matches_the_rloss_extension(index):
     out, reference = run_case(index, "cuda")

@@ -260,7 +260,7 @@ def test_torch_backend_bad_tensors_raise(images, probs, match):
         DenseCRF(backend="torch", device="cpu").inference(images, probs)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.cuda
 def test_torch_backend_on_cuda_matches_the_cpu():
     _, images, probs = _batch(count=2, height=60, width=80, num_classes=6)
     crf = DenseCRF(backend="torch", device="cuda")

@@ -6,7 +6,7 @@ from par_reference import reference_affinity, reference_par
 
 from mcc.refine import PAR
 
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+cuda = pytest.mark.cuda
 
 
 def two_region_image(height=24, width=32, split=None):

@@ -4,7 +4,7 @@ from par_reference import reference_refine
 
 from mcc.refine import PAR, refine_cams_with_background
 
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+cuda = pytest.mark.cuda
 
 
 def random_case(batch=3, classes=5, size=(20, 26), cam_size=(5, 7)):
