@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-fast demo ablation lint bench clean
+.PHONY: install test test-fast demo ablation lint bench gpu-check clean
 
 install: $(STAMP)
 
@@ -36,6 +36,12 @@ ablation: install
 
 bench: install
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/masked_views.py
+
+# Every CUDA measurement of docs/benchmarks.md in one run (< 8 min on one GPU): one JSON line each, also
+# in runs/gpu-check/. Without CUDA it says so and exits 0. GPU_CHECK_ARGS=--dry-run checks the commands.
+GPU_CHECK_ARGS ?=
+gpu-check: install
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/gpu_check.py $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
