@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from mcc.cli._common import ArgumentParser, device_arg, run_cli
 from mcc.data import VOCSegmentation, VOCTrainViews
 from mcc.data.transforms import pixel_stats
 from mcc.network import MCCConfig, MCCNet
@@ -107,7 +108,7 @@ def build_parser(dataset: str) -> argparse.ArgumentParser:
     if dataset not in DATASET_DEFAULTS:
         raise ValueError(f"dataset must be one of {sorted(DATASET_DEFAULTS)}, got {dataset!r}")
     d = DATASET_DEFAULTS[dataset]
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog=f"mcc-train-{dataset}",
         description=f"Train MCC on {dataset.upper()} (single process, or torchrun --nproc_per_node=N).",
         formatter_class=HelpFormatter,
@@ -184,7 +185,9 @@ def build_parser(dataset: str) -> argparse.ArgumentParser:
     run.add_argument("--work-dir", default=f"work_dirs/mcc_{dataset}", help="checkpoints, config and logs")
     run.add_argument("--resume", default=None, help="checkpoint path, or 'auto' (<work-dir>/last.pt if any)")
     run.add_argument("--stop-after", type=int, default=None, help="stop after N steps (resume later)")
-    run.add_argument("--device", default=None, help="cuda or cpu (None: cuda when available)")
+    run.add_argument(
+        "--device", type=device_arg, default=None, help="cuda, cuda:N or cpu (None: cuda when available)"
+    )
     run.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA)")
     run.add_argument(
         "--dist-timeout",
@@ -205,7 +208,7 @@ def build_parser(dataset: str) -> argparse.ArgumentParser:
 
 def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> argparse.Namespace:
     """Defaults < YAML file of ``--config`` < command line; checks what argparse alone cannot."""
-    config_parser = argparse.ArgumentParser(add_help=False)
+    config_parser = ArgumentParser(prog=parser.prog, add_help=False)
     config_parser.add_argument("--config", default=None)
     known, _ = config_parser.parse_known_args(argv)
     if known.config:
@@ -340,7 +343,12 @@ def write_args(args: argparse.Namespace, work_dir: Path) -> None:
 
 
 def main(dataset: str, argv: list[str] | None = None) -> None:
-    """Parses the command line and trains (the body of ``mcc-train-voc`` and ``mcc-train-coco``)."""
+    """Parses the command line and trains (``mcc-train-voc`` and ``mcc-train-coco``); a user's mistake is
+    one line on stderr and exit status 2 (:func:`mcc.cli._common.run_cli`)."""
+    run_cli(f"mcc-train-{dataset}", _main, dataset, argv)
+
+
+def _main(dataset: str, argv: list[str] | None = None) -> None:
     parser = build_parser(dataset)
     args = parse_args(parser, argv)
     try:
@@ -351,23 +359,20 @@ def main(dataset: str, argv: list[str] | None = None) -> None:
     try:
         seed_everything(args.seed)  # same seed on every rank: DDP also broadcasts rank 0's weights
         model_kwargs = dict(args.vit)
-        vit = build_backbone(args, parser)  # the datasets draw no random numbers: same init as before
+        # the data first: its mistakes are found before a download; the datasets draw no random numbers
+        train_set = VOCTrainViews(
+            args.data_root, args.train_split, crop_size=args.crop_size, seed=args.data_seed
+        )
+        val_set = VOCSegmentation(args.data_root, args.val_split) if args.val_split else None
+        vit = build_backbone(args, parser)
         try:
             mean, std = backbone_pixel_stats(vit, args)
         except ValueError as error:
             parser.error(str(error))
         # the data and the network use the statistics of the backbone's weights (CLIP, EVA-02: CLIP's)
-        train_set = VOCTrainViews(
-            args.data_root,
-            args.train_split,
-            crop_size=args.crop_size,
-            seed=args.data_seed,
-            mean=mean,
-            std=std,
-        )
-        val_set = (
-            VOCSegmentation(args.data_root, args.val_split, mean=mean, std=std) if args.val_split else None
-        )
+        for dataset_ in (train_set, val_set):
+            if dataset_ is not None:
+                dataset_.mean, dataset_.std = mean, std
         net = MCCNet(vit, train_set.num_foreground_classes, config, pixel_mean=mean, pixel_std=std)
         try:
             net.check_crop_size(args.crop_size)
