@@ -115,19 +115,18 @@ def run_cli(prog: str, function: Callable[..., _T], *args: Any, **kwargs: Any) -
 
     The mistakes :func:`user_error_message` recognises are printed as one line on stderr and end the
     process with exit status 2, as ``argparse`` does for a bad option; warnings are one line each,
-    ``prog: warning: <message>`` (where nothing records them, as pytest does); ``Ctrl-C`` prints
+    ``prog: warning: <message>``; ``Ctrl-C`` prints
     ``prog: interrupted`` and exits with 130. Anything else (a bug) propagates with its traceback, and so
     does everything when ``MCC_TRACEBACK=1`` is set. Every program of :mod:`mcc.cli` runs its body
     through this function (see :func:`command`), so a new program gets the same behaviour by using it.
     """
     with warnings.catch_warnings():
-        if warnings.showwarning is getattr(warnings, "_showwarning_orig", None):  # not when recorded
-            warnings.showwarning = functools.partial(_show_warning, prog)
+        warnings.formatwarning = functools.partial(_format_warning, prog)
         return _run_reporting(prog, function, *args, **kwargs)
 
 
-def _show_warning(prog: str, message, category, filename, lineno, file=None, line=None) -> None:
-    print(f"{prog}: warning: {message}", file=sys.stderr if file is None else file)
+def _format_warning(prog: str, message, category, filename, lineno, line=None) -> str:
+    return f"{prog}: warning: {message}\n"
 
 
 def _run_reporting(prog: str, function: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
@@ -312,6 +311,29 @@ def open_split(args: argparse.Namespace) -> VOCSegmentation:
     if args.ids:
         dataset = select_ids(dataset, read_ids(args.ids))
     return dataset
+
+
+def check_classes(dataset, net, data_root: str) -> None:
+    """Refuses a dataset whose classes are not the network's, saying why.
+
+    Raises:
+        UserError: the counts differ; when the root has no ``classes.txt`` (its names are the PASCAL VOC
+            defaults) the message says so.
+    """
+    count = len(dataset.class_names)
+    if count == net.num_classes + 1:
+        return
+    message = (
+        f"--data-root {data_root} has {count} classes (background included), the checkpoint's network "
+        f"{net.num_classes} + background"
+    )
+    if not (Path(data_root) / "classes.txt").is_file():
+        message += (
+            f": the root has no classes.txt, so its names default to the {count} PASCAL VOC classes; "
+            f"write the {net.num_classes + 1} class names of the checkpoint's dataset into classes.txt "
+            "(background first)"
+        )
+    raise UserError(message)
 
 
 def use_net_pixel_stats(dataset, net) -> None:

@@ -26,6 +26,7 @@ from mcc.cli._common import (
     HelpFormatter,
     add_data_arguments,
     add_run_arguments,
+    check_classes,
     make_crf,
     open_split,
     positive_float,
@@ -119,6 +120,7 @@ def run(argv: list[str] | None = None) -> dict:
     context = init_distributed(args.device, timeout_s=args.dist_timeout)
     try:
         net = net_from_checkpoint(args.checkpoint).to(context.device)
+        check_classes(dataset, net, args.data_root)
         use_net_pixel_stats(dataset, net)  # the run's image normalisation (CLIP's for CLIP)
         crf = make_crf(context.device) if args.crf else None
         tic = time.perf_counter()

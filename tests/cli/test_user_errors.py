@@ -4,6 +4,7 @@ their traceback (mcc.cli._common.run_cli)."""
 from __future__ import annotations
 
 import runpy
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -238,3 +239,19 @@ def test_demo_architecture_mistakes_are_one_line(tmp_path, capsys):
         capsys, demo_cli.main, "--size", "65", match="--size 65 must be a multiple of --patch 8"
     )
     _fails_in_one_line(capsys, demo_cli.main, "--threads", "0", match="argument --threads: must be >= 1")
+
+
+@pytest.mark.parametrize("name", ["mcc-evaluate", "mcc-pseudo-labels"])
+def test_a_root_without_classes_txt_against_a_smaller_network_is_refused_with_the_reason(
+    name, synthetic, tmp_path, capsys
+):
+    root, checkpoint = synthetic  # 5 foreground classes
+    copy = tmp_path / "root"
+    shutil.copytree(root, copy)
+    (copy / "classes.txt").unlink()
+    argv = _replace(_needs(name, root, checkpoint, tmp_path), "--data-root", str(copy))
+    if name == "mcc-pseudo-labels":
+        argv += ["--split", "train"]
+    with pytest.warns(UserWarning, match="PASCAL VOC class names"):
+        line = _fails_in_one_line(capsys, PROGRAMS[name], *argv, match="has 21 classes")
+    assert "the root has no classes.txt" in line and "write the 6 class names" in line
