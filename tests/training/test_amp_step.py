@@ -31,9 +31,8 @@ def documented_step(micro, step, key_mask, backward_inside: bool):
     """The step as the autocast documentation writes it (or, for the control, with the backward inside)."""
     net = seg_from_start()
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        losses = net.training_losses(
-            micro["x"], micro["v1"], micro["v2"], micro["cls_label"], micro["img_box"], step, key_mask=key_mask
-        )
+        views = (micro["x"], micro["v1"], micro["v2"], micro["cls_label"], micro["img_box"])
+        losses = net.training_losses(*views, step, key_mask=key_mask)
         if backward_inside:
             losses.total.backward()
     if not backward_inside:
@@ -55,7 +54,8 @@ def test_amp_gradients_equal_the_documented_step(root, tmp_path, monkeypatch):
     monkeypatch.setattr(loop, "_micro_step", capture)
     net = seg_from_start()
     train_set, _ = datasets(root)
-    train(net, train_set, settings(tmp_path, max_iters=1, warmup_iters=0, amp=True), device="cpu", log=lambda m: None)
+    run = settings(tmp_path, max_iters=1, warmup_iters=0, amp=True)
+    train(net, train_set, run, device="cpu", log=lambda m: None)
     assert all(t.dtype == torch.float32 for t in seen["losses"])  # every loss term in float32
 
     reference, losses = documented_step(seen["micro"], seen["step"], seen["key_mask"], backward_inside=False)
