@@ -160,7 +160,7 @@ def _label_from_cam(
     """:func:`cam_to_label` on checked arguments, the valid region given as a (B, h, w) bool map."""
     # Compare in float32 at least: a bf16 score would round the thresholds (0.3 -> 0.30078125).
     cam = cam.to(torch.promote_types(cam.dtype, torch.float32))
-    score, cls = (cam * cls_label.to(cam.dtype)[:, :, None, None]).max(dim=1)
+    score, cls = (cam * cls_label.to(device=cam.device, dtype=cam.dtype)[:, :, None, None]).max(dim=1)
     label = cls + 1
     # masked_fill rather than label[mask] = v: boolean-mask indexing may read the mask on the host
     if bkg_thre is not None:

@@ -698,6 +698,7 @@ def train(
                     rank=context.rank,
                     world_size=context.world_size,
                     autocast_dtype=amp_dtype,
+                    num_workers=settings.num_workers,
                 )
                 mious = {name: s.miou for name, s in scores.items()}
                 result.evaluations.append((done, mious))
