@@ -23,7 +23,14 @@ from torch.utils.data import DataLoader, Dataset
 from mcc.data import seed_worker
 from mcc.network import MCCConfig, MCCNet, MCCTrainingStep
 from mcc.schedule import poly_warmup_lr, scaled_warmup_iters
-from mcc.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from mcc.training.checkpoint import (
+    check_resume,
+    load_checkpoint,
+    load_model_state,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from mcc.training.distributed import DistributedContext, init_distributed
 from mcc.training.evaluation import check_pixel_stats, evaluate
 from mcc.training.outputs import scores_record, write_json
@@ -112,8 +119,10 @@ class TrainSettings:
             raise ValueError(f"best_metric must be 'seg' or 'cam', got {self.best_metric!r}")
         if self.stop_after is not None and self.stop_after < 1:
             raise ValueError(f"stop_after must be >= 1 or None, got {self.stop_after}")
-        if self.base_lr <= 0:
-            raise ValueError(f"base_lr must be > 0, got {self.base_lr}")
+        if not 0 < self.base_lr < float("inf"):
+            raise ValueError(f"base_lr must be a finite number > 0, got {self.base_lr}")
+        if not 0.0 <= self.eval_bkg_thre <= 1.0:
+            raise ValueError(f"eval_bkg_thre must be in [0, 1], got {self.eval_bkg_thre}")
         if self.warmup_iters > self.max_iters:
             raise ValueError(
                 f"warmup_iters ({self.warmup_iters}) must not exceed max_iters ({self.max_iters}): the run "
@@ -470,7 +479,13 @@ def train(
     resume_path = resolve_resume(settings.resume, work_dir)
     if resume_path is not None:
         state = load_checkpoint(resume_path, map_location="cpu")
-        net.load_state_dict(state["model"])
+        resuming = {"train": dataclasses.asdict(settings), "mcc": dataclasses.asdict(net.config)}
+        resuming.update(num_classes=net.num_classes, extra=extra_config or {})
+        for line in check_resume(state, resuming, f"resume: checkpoint {resume_path}"):
+            if context.is_main:  # every changed setting named, with the value the run uses
+                log(f"warning: resume: {line}")
+                warnings.warn(f"resume: {line}", UserWarning, stacklevel=2)
+        load_model_state(net, state["model"], f"resume: checkpoint {resume_path} does not fit this network")
         optimizer.load_state_dict(state["optimizer"])
         rank_states = state.get("rng_ranks") or [state["rng"]]
         if len(rank_states) == context.world_size:
