@@ -36,6 +36,7 @@ import copy
 import math
 import warnings
 
+import numpy as np
 import torch
 
 __all__ = ["PermutohedralLattice"]
@@ -99,17 +100,20 @@ class PermutohedralLattice:
             self._build(features.detach(), simd_padding)
 
     def _constants(self) -> tuple[torch.Tensor, float, float]:
-        """Feature scale (d,), 1/(d+1) and alpha, rounded to float32 where the C++ code rounds them."""
+        """Feature scale (d,), 1/(d+1) and alpha, rounded to float32 where the C++ code rounds them.
+
+        Computed on the host with numpy scalars (IEEE arithmetic in the lattice's precision), so that
+        building the lattice reads nothing back from the device for them.
+        """
         d = self.dim
-        single = self.dtype == torch.float32
+        real = np.float32 if self.dtype == torch.float32 else np.float64
         inv_std_dev = math.sqrt(2.0 / 3.0) * (d + 1)
-        if single:
-            inv_std_dev = float(torch.tensor(inv_std_dev, dtype=torch.float32))
+        if self.dtype == torch.float32:
+            inv_std_dev = float(np.float32(inv_std_dev))
         scale = [1.0 / math.sqrt((i + 2) * (i + 1)) * inv_std_dev for i in range(d)]
         scale_t = torch.tensor(scale, dtype=self.dtype, device=self.device)
-        inv_dplus1 = float(torch.tensor(1.0 / (d + 1), dtype=self.dtype))
-        one = torch.tensor(1.0, dtype=self.dtype)
-        alpha = float(one / (one + torch.tensor(2.0**-d, dtype=self.dtype)))
+        inv_dplus1 = float(real(1.0 / (d + 1)))
+        alpha = float(real(1.0) / (real(1.0) + real(2.0**-d)))
         return scale_t, inv_dplus1, alpha
 
     def _build(self, features: torch.Tensor, simd_padding: bool) -> None:
@@ -136,6 +140,26 @@ class PermutohedralLattice:
         # Nearest 0-coloured lattice point; torch.round rounds half to even like the SSE conversion.
         rounded = torch.round(elevated * inv_dplus1)
         rem0 = rounded * float(d + 1)
+
+        # The one host sync before the points are counted: the range of the keys (mixed-radix packing)
+        # and the finiteness of the features, read together before anything is indexed by them.
+        stats = torch.cat(
+            [rem0[:d].amin(1), rem0[:d].amax(1), torch.isfinite(coords).all().to(dtype).view(1)]
+        ).tolist()
+        if not stats[-1]:
+            raise ValueError("features must be finite")
+        # Keys lie within d of rem0 (moved by at most d+1 below), their neighbours within d more.
+        margin = 3 * d + 1
+        low = [int(v) - margin for v in stats[:d]]
+        spans = [int(high) + margin + 1 - lo for lo, high in zip(low, stats[d : 2 * d])]
+        strides = [1] * d
+        for i in range(d - 2, -1, -1):
+            strides[i] = strides[i + 1] * spans[i + 1]
+        block = strides[0] * spans[0]
+        if block * batch >= _INT64_LIMIT:
+            raise ValueError(
+                "features span too many lattice points for 64-bit keys; use larger standard deviations"
+            )
         coord_sum = rounded.sum(0).to(torch.int64)
 
         # rank[i]: for each pair i < j, i gains 1 if diff_i < diff_j, else j gains 1 (ties go to j).
@@ -157,24 +181,7 @@ class PermutohedralLattice:
         weights = torch.empty_like(offsets)
         weights[0] = by_rank[d] + (1.0 - by_rank[0])
         weights[1:] = by_rank[:d].flip(0) - by_rank[1:].flip(0)
-
-        # One host sync: the key range (mixed-radix packing) and the finiteness of the features.
         rem0_int = rem0[:d].round().to(torch.int64)
-        stats = torch.cat(
-            [rem0_int.amin(1), rem0_int.amax(1), torch.isfinite(coords).all().to(torch.int64).view(1)]
-        ).tolist()
-        if not stats[-1]:
-            raise ValueError("features must be finite")
-        low = [v - 2 * d for v in stats[:d]]  # keys lie within d of rem0, their neighbours within d more
-        spans = [high + 2 * d + 1 - lo for lo, high in zip(low, stats[d : 2 * d])]
-        strides = [1] * d
-        for i in range(d - 2, -1, -1):
-            strides[i] = strides[i + 1] * spans[i + 1]
-        block = strides[0] * spans[0]
-        if block * batch >= _INT64_LIMIT:
-            raise ValueError(
-                "features span too many lattice points for 64-bit keys; use larger standard deviations"
-            )
 
         # Vertex r of a pixel's simplex has the key rem0 + canonical[r][rank] (first d coordinates),
         # canonical[r][k] = r, or r - (d+1) for k > d - r: from vertex r-1 to r every coordinate gains 1
