@@ -23,6 +23,17 @@ from typing import Any
 import numpy as np
 import torch
 
+from mcc.cli._common import (
+    ArgumentParser,
+    UserError,
+    check_typed_defaults,
+    device_arg,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    run_cli,
+    unit_float,
+)
 from mcc.data import VOCSegmentation, VOCTrainViews
 from mcc.data.transforms import pixel_stats
 from mcc.network import MCCConfig, MCCNet
@@ -107,7 +118,7 @@ def build_parser(dataset: str) -> argparse.ArgumentParser:
     if dataset not in DATASET_DEFAULTS:
         raise ValueError(f"dataset must be one of {sorted(DATASET_DEFAULTS)}, got {dataset!r}")
     d = DATASET_DEFAULTS[dataset]
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog=f"mcc-train-{dataset}",
         description=f"Train MCC on {dataset.upper()} (single process, or torchrun --nproc_per_node=N).",
         formatter_class=HelpFormatter,
@@ -117,8 +128,12 @@ def build_parser(dataset: str) -> argparse.ArgumentParser:
     data.add_argument("--data-root", default=None, help="dataset root in VOC layout (docs/data.md); required")
     data.add_argument("--train-split", default=d["train_split"], help="split list of the training images")
     data.add_argument("--val-split", default=d["val_split"], help="'' for no evaluation during training")
-    data.add_argument("--crop-size", type=int, default=448, help="side of the training crops, pixels")
-    data.add_argument("--num-workers", type=int, default=4, help="DataLoader workers per process")
+    data.add_argument(
+        "--crop-size", type=positive_int, default=448, help="side of the training crops, pixels"
+    )
+    data.add_argument(
+        "--num-workers", type=non_negative_int, default=4, help="DataLoader workers per process"
+    )
     data.add_argument("--data-seed", type=int, default=0, help="seed of the random training views")
 
     model = parser.add_argument_group("model")
@@ -154,7 +169,7 @@ def build_parser(dataset: str) -> argparse.ArgumentParser:
     )  # fmt: skip
 
     schedule = parser.add_argument_group("schedule")
-    schedule.add_argument("--max-iters", type=int, default=d["max_iters"], help="optimiser steps")
+    schedule.add_argument("--max-iters", type=positive_int, default=d["max_iters"], help="optimiser steps")
     schedule.add_argument(
         "--schedule",
         choices=("published", "scaled"),
@@ -167,14 +182,18 @@ def build_parser(dataset: str) -> argparse.ArgumentParser:
         ),
     )
     schedule.add_argument(
-        "--batch-size", type=int, default=d["batch_size"], help="global, over all processes"
+        "--batch-size", type=positive_int, default=d["batch_size"], help="global, over all processes"
     )
-    schedule.add_argument("--accumulation-steps", type=int, default=1, help="micro-batches per process")
-    schedule.add_argument("--lr", type=float, default=6e-5, help="encoder lr (heads x head_lr_scale)")
+    schedule.add_argument(
+        "--accumulation-steps", type=positive_int, default=1, help="micro-batches per process"
+    )
+    schedule.add_argument(
+        "--lr", type=positive_float, default=6e-5, help="encoder lr (heads x head_lr_scale)"
+    )
     schedule.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay")
     schedule.add_argument(
         "--warmup-iters",
-        type=int,
+        type=non_negative_int,
         default=WARMUP_ITERS,
         help="linear warm-up steps; must be below --max-iters (scaled too with --schedule scaled)",
     )
@@ -183,20 +202,40 @@ def build_parser(dataset: str) -> argparse.ArgumentParser:
     run = parser.add_argument_group("run")
     run.add_argument("--work-dir", default=f"work_dirs/mcc_{dataset}", help="checkpoints, config and logs")
     run.add_argument("--resume", default=None, help="checkpoint path, or 'auto' (<work-dir>/last.pt if any)")
-    run.add_argument("--stop-after", type=int, default=None, help="stop after N steps (resume later)")
-    run.add_argument("--device", default=None, help="cuda or cpu (None: cuda when available)")
-    run.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA)")
+    run.add_argument(
+        "--stop-after", type=positive_int, default=None, help="stop after N steps (resume later)"
+    )
+    run.add_argument(
+        "--device", type=device_arg, default=None, help="cuda, cuda:N or cpu (None: cuda when available)"
+    )
+    run.add_argument(
+        "--amp",
+        action="store_true",
+        help="bf16 autocast (CUDA; a GPU without bf16, before Ampere, gets fp16 with a gradient scaler)",
+    )
+    run.add_argument(
+        "--tf32",
+        action="store_true",
+        help="TF32 matmuls and convolutions in float32 runs (CUDA, Ampere or newer): faster, with about "
+        "1e-3 relative error per product; off by default, when float32 products are exact float32",
+    )
     run.add_argument(
         "--dist-timeout",
-        type=float,
+        type=positive_float,
         default=1800.0,
         help="seconds a rank waits in a collective before failing",
     )
-    run.add_argument("--log-every", type=int, default=50, help="steps between log lines")
-    run.add_argument("--eval-every", type=int, default=d["eval_every"], help="0: only at the end")
-    run.add_argument("--eval-max-images", type=int, default=None, help="score only the first N val images")
-    run.add_argument("--bkg-thre", type=float, default=d["bkg_thre"], help="CAM background threshold")
-    run.add_argument("--save-every", type=int, default=2000, help="steps between writes of last.pt")
+    run.add_argument("--log-every", type=positive_int, default=50, help="steps between log lines")
+    run.add_argument(
+        "--eval-every", type=non_negative_int, default=d["eval_every"], help="0: only at the end"
+    )
+    run.add_argument(
+        "--eval-max-images", type=positive_int, default=None, help="score only the first N val images"
+    )
+    run.add_argument("--bkg-thre", type=unit_float, default=d["bkg_thre"], help="CAM background threshold")
+    run.add_argument(
+        "--save-every", type=non_negative_int, default=2000, help="steps between writes of last.pt"
+    )
     run.add_argument("--best-metric", choices=("seg", "cam"), default="seg", help="mIoU that picks best.pt")
     run.add_argument("--tensorboard", action="store_true", help="log to <work-dir>/tb")
     parser.set_defaults(dataset=dataset)
@@ -205,7 +244,7 @@ def build_parser(dataset: str) -> argparse.ArgumentParser:
 
 def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> argparse.Namespace:
     """Defaults < YAML file of ``--config`` < command line; checks what argparse alone cannot."""
-    config_parser = argparse.ArgumentParser(add_help=False)
+    config_parser = ArgumentParser(prog=parser.prog, add_help=False)
     config_parser.add_argument("--config", default=None)
     known, _ = config_parser.parse_known_args(argv)
     if known.config:
@@ -229,6 +268,8 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None = None) -
                 values[key] = list(values[key].items())
         parser.set_defaults(**values)
     args = parser.parse_args(argv)
+    if known.config:
+        check_typed_defaults(parser, args)
     if not args.data_root:
         parser.error("--data-root is required (on the command line or in --config)")
     if args.max_iters < 1:
@@ -266,7 +307,34 @@ def mcc_config(args: argparse.Namespace) -> MCCConfig:
     config = getattr(MCCConfig, args.preset)(args.dataset)
     if getattr(args, "schedule", "published") == "scaled":
         config = config.scaled_schedule(args.max_iters, DATASET_DEFAULTS[args.dataset]["max_iters"])
-    return dataclasses.replace(config, **overrides)
+    for key, value in overrides.items():
+        overrides[key] = _override_value(key, value, getattr(config, key))
+    try:
+        return dataclasses.replace(config, **overrides)
+    except (TypeError, ValueError) as error:
+        raise UserError(f"--mcc: {error}") from error
+
+
+def _override_value(key: str, value: Any, preset: Any) -> Any:
+    """``value`` of ``--mcc key=value`` in the type of the preset's value (int -> float allowed)."""
+
+    def fits(item: Any, like: Any) -> bool:
+        if isinstance(like, bool) or like is None:
+            return isinstance(item, bool) or like is None
+        if isinstance(like, int | float):
+            return isinstance(item, int | float) and not isinstance(item, bool)
+        return isinstance(item, type(like))
+
+    if isinstance(preset, tuple):
+        ok = isinstance(value, tuple) and all(fits(v, preset[0]) for v in value) if preset else True
+    else:
+        ok = fits(value, preset)
+    if not ok:
+        kind = f"a list like {list(preset)}" if isinstance(preset, tuple) else type(preset).__name__
+        raise UserError(f"--mcc {key}={value!r}: expected {kind} (the preset has {preset!r})")
+    if isinstance(preset, float) and isinstance(value, int):
+        return float(value)
+    return value
 
 
 def build_backbone(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None):
@@ -281,6 +349,17 @@ def build_backbone(args: argparse.Namespace, parser: argparse.ArgumentParser | N
         return build_vit(
             args.model, args.pretrained, args.pretrained_file, img_size=args.crop_size, **dict(args.vit)
         )
+    except ValueError as error:
+        if parser is None:
+            raise
+        message = str(error)
+        if message.startswith("img_size"):
+            message = f"--crop-size {args.crop_size}: {message}"
+        elif message.startswith("name:"):
+            message = f"--model{message[len('name') :]}"
+        elif any(message.startswith(f"{key}=") for key, _ in args.vit):
+            message = f"--vit {message}"
+        raise UserError(message) from error
     except (ConnectionError, FileNotFoundError) as error:
         if parser is None:
             raise
@@ -339,8 +418,19 @@ def write_args(args: argparse.Namespace, work_dir: Path) -> None:
     (work_dir / "args.yaml").write_text(text)
 
 
+def set_tf32(enabled: bool) -> None:
+    """``--tf32``: matmul precision "high" and TF32 convolutions, else full float32 for both."""
+    torch.set_float32_matmul_precision("high" if enabled else "highest")
+    torch.backends.cudnn.allow_tf32 = enabled
+
+
 def main(dataset: str, argv: list[str] | None = None) -> None:
-    """Parses the command line and trains (the body of ``mcc-train-voc`` and ``mcc-train-coco``)."""
+    """Parses the command line and trains (``mcc-train-voc`` and ``mcc-train-coco``); a user's mistake is
+    one line on stderr and exit status 2 (:func:`mcc.cli._common.run_cli`)."""
+    run_cli(f"mcc-train-{dataset}", _main, dataset, argv)
+
+
+def _main(dataset: str, argv: list[str] | None = None) -> None:
     parser = build_parser(dataset)
     args = parse_args(parser, argv)
     try:
@@ -348,27 +438,29 @@ def main(dataset: str, argv: list[str] | None = None) -> None:
     except ValueError as error:
         parser.error(str(error))
     context = init_distributed(args.device, timeout_s=args.dist_timeout)
+    set_tf32(args.tf32)
     try:
         seed_everything(args.seed)  # same seed on every rank: DDP also broadcasts rank 0's weights
         model_kwargs = dict(args.vit)
-        vit = build_backbone(args, parser)  # the datasets draw no random numbers: same init as before
+        # the data first: its mistakes are found before a download; the datasets draw no random numbers
+        train_set = VOCTrainViews(
+            args.data_root, args.train_split, crop_size=args.crop_size, seed=args.data_seed
+        )
+        val_set = VOCSegmentation(args.data_root, args.val_split) if args.val_split else None
+        vit = build_backbone(args, parser)
         try:
             mean, std = backbone_pixel_stats(vit, args)
         except ValueError as error:
             parser.error(str(error))
         # the data and the network use the statistics of the backbone's weights (CLIP, EVA-02: CLIP's)
-        train_set = VOCTrainViews(
-            args.data_root,
-            args.train_split,
-            crop_size=args.crop_size,
-            seed=args.data_seed,
-            mean=mean,
-            std=std,
-        )
-        val_set = (
-            VOCSegmentation(args.data_root, args.val_split, mean=mean, std=std) if args.val_split else None
-        )
-        net = MCCNet(vit, train_set.num_foreground_classes, config, pixel_mean=mean, pixel_std=std)
+        for dataset_ in (train_set, val_set):
+            if dataset_ is not None:
+                dataset_.mean, dataset_.std = mean, std
+        try:
+            net = MCCNet(vit, train_set.num_foreground_classes, config, pixel_mean=mean, pixel_std=std)
+        except ValueError as error:
+            hint = " (MCCConfig fields are set with --mcc KEY=VALUE, e.g. --mcc aux_layer=-2)"
+            raise UserError(f"{error}{hint if 'aux_layer' in str(error) else ''}") from error
         try:
             net.check_crop_size(args.crop_size)
         except ValueError as error:
