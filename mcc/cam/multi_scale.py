@@ -207,6 +207,8 @@ def _resize(
     maps = maps.contiguous()
     if classes is not None:
         maps = maps.index_select(1, classes)
+        if maps.shape[1] == 0:  # no class present in the batch (interpolate refuses empty maps)
+            return maps.new_zeros(maps.shape[0], 0, *size)
     return F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
 
 

@@ -200,12 +200,13 @@ def test_reused_label_pass_on_cuda():
 
 
 @pytest.mark.parametrize("seg_target", ["par", "cam"])
-def test_reused_label_pass_with_a_negative_image(monkeypatch, seg_target):
-    # image 1 has no foreground class: only class 0 and 2 are made at full size
+@pytest.mark.parametrize("first", [[1, 0, 1, 0, 0], [0, 0, 0, 0, 0]], ids=["one-negative", "all-negative"])
+def test_reused_label_pass_with_negative_images(monkeypatch, seg_target, first):
+    # image 1 has no foreground class: only the classes of image 0 (maybe none) are made at full size
     net = small_net(MCCConfig.released(seg_target=seg_target, **SMALL))
     independent_net = copy.deepcopy(net)
     x, v1, v2, _, img_box = batch()
-    cls_label = torch.tensor([[1, 0, 1, 0, 0], [0, 0, 0, 0, 0]], dtype=torch.float32)
+    cls_label = torch.tensor([first, [0, 0, 0, 0, 0]], dtype=torch.float32)
     inputs = (x, v1, v2, cls_label, img_box)
     key_mask = net.mask_sampler(2, (8, 8), 6, generator=torch.Generator().manual_seed(5))
     independent = independent_net.make_labels(x, cls_label, img_box, 13000, key_mask=key_mask)
