@@ -179,10 +179,16 @@ def breakdown_child(args: argparse.Namespace) -> dict:
         maps = stored[tuple(images.shape[-2:])]
         return tuple(m[: images.shape[0]] for m in maps)
 
-    def merges():
-        return _deferred_multi_scale_cam(stored_cams, x, cfg.cam_scales, True, defer_direct=True)(direct)
+    # the classes present, as the step makes them (cls_label is on the host here when on the CPU)
+    classes = (cls_label != 0).any(0).nonzero()[:, 0] if cls_label.device.type == "cpu" else None
 
-    parts["CAM resizes, flip merges, min-max"] = functools.partial(_under, amp, merges)
+    def merges():
+        finish = _deferred_multi_scale_cam(
+            stored_cams, x, cfg.cam_scales, True, defer_direct=True, classes=classes
+        )
+        return finish(direct)
+
+    parts["CAM resizes, flip merges, min-max (classes present)"] = functools.partial(_under, amp, merges)
     box = net._check_label_inputs(x, cls_label, img_box)
     inside = _inside(box, x.shape[-2:])
 
@@ -196,8 +202,8 @@ def breakdown_child(args: argparse.Namespace) -> dict:
         generator = torch.Generator().manual_seed(1)
         return net._labels_from_cams(x, cls_label, box, STEP, made.cam, made.cam_aux, None, generator)
 
-    parts["PAR pseudo label"] = functools.partial(_under, amp, par)
     parts["key masks, positives, token labels + PAR"] = functools.partial(_under, amp, rest_of_labels)
+    parts["PAR pseudo label"] = functools.partial(_under, amp, par)
     weights = {}
 
     def gradient_pass():
@@ -264,6 +270,7 @@ def main() -> None:
         "--ratios", type=float, nargs="+", default=[0.75, 0.95], help="key-mask ratios to measure"
     )
     parser.add_argument("--breakdown", action="store_true", help="also time each part of the fast step")
+    parser.add_argument("--breakdown-only", action="store_true", help="only the breakdown (no step rows)")
     parser.add_argument("--dry-run", action="store_true", help="run each part once on a tiny CPU model")
     parser.add_argument(
         "--part", choices=["time", "labels", "grad", "step", "breakdown"], help=argparse.SUPPRESS
@@ -291,6 +298,9 @@ def main() -> None:
                "device": args.device, "amp": args.amp, "threads": torch.get_num_threads()}  # fmt: skip
     breakdowns = {}
     for ratio in args.ratios:
+        if args.breakdown_only:
+            breakdowns[ratio] = run_child(__file__, shared + ["--part=breakdown", f"--ratio={ratio}"])
+            continue
         rows = run_child(__file__, shared + ["--part=time", f"--ratio={ratio}"])["rows"]
         memory = {
             (part, path): run_child(
