@@ -17,6 +17,7 @@ import dataclasses
 import json
 import random
 import sys
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -123,7 +124,12 @@ def build_parser(dataset: str) -> argparse.ArgumentParser:
         description=f"Train MCC on {dataset.upper()} (single process, or torchrun --nproc_per_node=N).",
         formatter_class=HelpFormatter,
     )
-    parser.add_argument("--config", default=None, help="YAML file of argument defaults (keys as below)")
+    parser.add_argument(
+        "--config",
+        default=None,
+        help="YAML file of argument defaults (keys as below), or the name of one shipped with mcc: "
+        f"{', '.join(shipped_configs())}",
+    )
     data = parser.add_argument_group("data")
     data.add_argument("--data-root", default=None, help="dataset root in VOC layout (docs/data.md); required")
     data.add_argument("--train-split", default=d["train_split"], help="split list of the training images")
@@ -232,6 +238,24 @@ def build_parser(dataset: str) -> argparse.ArgumentParser:
     return parser
 
 
+def shipped_configs() -> list[str]:
+    """Names of the ``--config`` files shipped with the package (``mcc/configs/<name>.yaml``)."""
+    folder = resources.files("mcc").joinpath("configs")
+    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def config_path(text: str) -> Path | None:
+    """The file of ``--config``: a path, else a shipped config's name (``voc_released``, with or without
+    ``.yaml``); None when neither exists."""
+    path = Path(text)
+    if path.is_file():
+        return path
+    name = text[: -len(".yaml")] if text.endswith(".yaml") else text
+    if "/" not in name and name in shipped_configs():
+        return Path(str(resources.files("mcc").joinpath("configs", f"{name}.yaml")))
+    return None
+
+
 def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> argparse.Namespace:
     """Defaults < YAML file of ``--config`` < command line; checks what argparse alone cannot."""
     config_parser = ArgumentParser(prog=parser.prog, add_help=False)
@@ -242,9 +266,12 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None = None) -
             import yaml
         except ImportError:
             parser.error("--config needs pyyaml: pip install pyyaml (or the 'examples' extra)")
-        path = Path(known.config)
-        if not path.is_file():
-            parser.error(f"--config: file not found: {path}")
+        path = config_path(known.config)
+        if path is None:
+            parser.error(
+                f"--config: file not found: {known.config} (nor a config shipped with mcc: "
+                f"{', '.join(shipped_configs())})"
+            )
         values = yaml.safe_load(path.read_text()) or {}
         if not isinstance(values, dict):
             parser.error(f"--config: {path} must hold a mapping of argument names to values")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -9,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mcc._checks import check_finite
 from mcc.attention import KeyMaskedViT, ScaledBernoulliKeyMask, patch_vit
 from mcc.cam import labels as cam_labels
 from mcc.cam import multi_scale_cam
@@ -311,6 +313,7 @@ class MCCNet(nn.Module):
         cfg = self.config
         batch = x.shape[0]
         grid = self.encoder.grid_size(x)
+        self._check_step(step)
         self._check_cls_label(cls_label, batch)
         box = None if img_box is None else cam_labels.check_img_box(img_box, batch, x.shape[-2:], x.device)
         # The boxes are checked once; the labels below take them as masks (pixel and token units).
@@ -392,6 +395,7 @@ class MCCNet(nn.Module):
             :class:`MCCLosses`.
         """
         cfg = self.config
+        self._check_step(step)
         self._check_batch(x, v1, v2, cls_label, img_box)
         if labels is None:  # make_labels checks img_box
             labels = self.make_labels(x, cls_label, img_box, step, key_mask=key_mask, generator=generator)
@@ -506,6 +510,7 @@ class MCCNet(nn.Module):
     def _check_cls_label(self, cls_label: torch.Tensor, batch: int) -> None:
         shape = tuple(getattr(cls_label, "shape", ()))
         if shape == (batch, self.num_classes):
+            check_finite(cls_label, "cls_label")  # CPU tensors (no host sync); see mcc._checks
             return
         message = f"cls_label must have shape (B, C) = ({batch}, {self.num_classes}), got {shape}"
         if len(shape) == 2 and shape[0] == batch and shape[1] == self.num_classes - 1:
@@ -526,12 +531,33 @@ class MCCNet(nn.Module):
             raise ValueError(
                 f"images must be floating (normalised with pixel_mean/pixel_std), got {images.dtype}"
             )
+        self._check_dtype(images, "images")
+        check_finite(images, "images")
         patch = self.encoder.patch_size
         if patch_multiple and (images.shape[-2] % patch[0] or images.shape[-1] % patch[1]):
             raise ValueError(
                 f"images: {images.shape[-2]}x{images.shape[-1]} is not a multiple of the patch size "
                 f"{patch[0]}x{patch[1]} (resize first, or use segment, which resizes)"
             )
+
+    def _check_dtype(self, images: torch.Tensor, name: str) -> None:
+        weight = self.classifier.weight.dtype
+        autocast = torch.is_autocast_enabled(images.device.type) and images.dtype != torch.float64
+        if images.dtype != weight and not autocast:  # autocast casts all but float64
+            raise ValueError(
+                f"{name} are {images.dtype} but the network's weights are {weight}: pass "
+                f"{name}.to({weight}), move the network with net.to({images.dtype}), or run under "
+                "torch.autocast"
+            )
+
+    @staticmethod
+    def _check_step(step: object) -> None:
+        try:
+            value = None if isinstance(step, bool) else operator.index(step)
+        except TypeError:
+            value = None
+        if value is None or value < 0:
+            raise ValueError(f"step must be an integer >= 0 (optimiser steps already taken), got {step!r}")
 
     def _check_labels(self, labels: MCCLabels, x: torch.Tensor) -> None:
         batch, grid = x.shape[0], self.encoder.grid_size(x)
@@ -564,6 +590,8 @@ class MCCNet(nn.Module):
                 )
             if view.shape[0] != x.shape[0]:
                 raise ValueError(f"{name} has batch {view.shape[0]}, x has {x.shape[0]}")
+            self._check_dtype(view, name)
+            check_finite(view, name)  # CPU tensors only (no host sync in the training step)
         if v2.shape != x.shape:
             raise ValueError(
                 f"v2 must be aligned with x (same shape {tuple(x.shape)}), got {tuple(v2.shape)}"

@@ -20,6 +20,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 
+from mcc._checks import check_finite
 from mcc.data import seed_worker
 from mcc.network import MCCConfig, MCCNet, MCCTrainingStep
 from mcc.schedule import poly_warmup_lr, scaled_warmup_iters
@@ -514,6 +515,7 @@ def train(
             for index, micro in enumerate(_split(batch, accumulation)):
                 if index > 0:
                     teacher.load_state_dict(teacher_before)  # the EMA moves once per optimiser step
+                check_finite(micro["cls_label"], "cls_label of the training batch")  # on CPU: no sync
                 micro = {k: v.to(device, non_blocking=True) for k, v in micro.items()}
                 generator = torch.Generator().manual_seed(
                     _mask_seed(settings.seed, step, context.rank * accumulation + index)

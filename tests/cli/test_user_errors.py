@@ -255,3 +255,19 @@ def test_a_root_without_classes_txt_against_a_smaller_network_is_refused_with_th
     with pytest.warns(UserWarning, match="PASCAL VOC class names"):
         line = _fails_in_one_line(capsys, PROGRAMS[name], *argv, match="has 21 classes")
     assert "the root has no classes.txt" in line and "write the 6 class names" in line
+
+
+def test_shipped_configs_are_named_by_config(capsys):
+    pytest.importorskip("yaml")
+    assert train_cli.shipped_configs() == ["coco_released", "voc_paper", "voc_released"]
+    for name in ("voc_released", "voc_released.yaml"):
+        args = train_cli.parse_args(train_cli.build_parser("voc"), ["--config", name])
+        assert args.data_root == "VOCdevkit/VOC2012" and args.work_dir == "work_dirs/mcc_voc_released"
+    assert train_cli.parse_args(train_cli.build_parser("voc"), ["--config", "voc_paper"]).preset == "paper"
+    with pytest.raises(SystemExit):
+        train_cli.parse_args(train_cli.build_parser("voc"), ["--config", "voc_relased"])
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("nor a config shipped with mcc: coco_released, voc_paper, voc_released)"), err
+    tomllib = pytest.importorskip("tomllib")
+    pyproject = tomllib.loads((EXAMPLES.parent / "pyproject.toml").read_text())
+    assert "configs/*.yaml" in pyproject["tool"]["setuptools"]["package-data"]["mcc"]  # in the wheel
