@@ -272,7 +272,10 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None = None) -
                 f"--config: file not found: {known.config} (nor a config shipped with mcc: "
                 f"{', '.join(shipped_configs())})"
             )
-        values = yaml.safe_load(path.read_text()) or {}
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as error:
+            parser.error(f"--config: {path} is not valid YAML: {' '.join(str(error).split())}")
         if not isinstance(values, dict):
             parser.error(f"--config: {path} must hold a mapping of argument names to values")
         values = {key.replace("-", "_"): value for key, value in values.items()}
@@ -362,6 +365,8 @@ def build_backbone(args: argparse.Namespace, parser: argparse.ArgumentParser | N
             nor found in the local cache (offline), or ``--pretrained-file`` does not exist: one line
             that says what to pass instead. Without ``parser`` the original exception propagates.
     """
+    if "img_size" in dict(args.vit):
+        raise UserError("--vit img_size: the crop size is --crop-size (timm's img_size follows it)")
     try:
         return build_vit(
             args.model, args.pretrained, args.pretrained_file, img_size=args.crop_size, **dict(args.vit)
@@ -374,6 +379,8 @@ def build_backbone(args: argparse.Namespace, parser: argparse.ArgumentParser | N
             message = f"--crop-size {args.crop_size}: {message}"
         elif message.startswith("name:"):
             message = f"--model{message[len('name') :]}"
+        elif message.startswith("pretrained_file"):
+            message = f"--pretrained-file{message[len('pretrained_file') :]}"
         elif any(message.startswith(f"{key}=") for key, _ in args.vit):
             message = f"--vit {message}"
         raise UserError(message) from error
