@@ -27,6 +27,7 @@ import csv
 import io
 import json
 import os
+import pickle
 import warnings
 import xml.etree.ElementTree as ElementTree
 from collections.abc import Iterable, Mapping, Sequence
@@ -317,7 +318,7 @@ def _read_onehot(path: Path, class_names: Sequence[str]) -> list[_Entry]:
         data = np.load(path, allow_pickle=True)  # the published file is a pickled dict (trusted input)
         if isinstance(data, np.ndarray) and data.dtype == object and data.ndim == 0:
             data = data.item()
-    except (OSError, ValueError, EOFError) as error:
+    except (OSError, ValueError, EOFError, pickle.UnpicklingError) as error:
         raise ValueError(f"cannot read label file {path}: {error}") from error
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a pickled dict id -> multi-hot vector (cls_labels_onehot.npy)")
@@ -570,7 +571,8 @@ def _as_tags(tags: ImageTags | None, paths, labels, class_names) -> ImageTags:
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
         raise FileNotFoundError(f"{len(missing)} image(s) not found: {_listing(missing)}")
-    ids = [p.with_suffix("").as_posix() for p in paths]
+    base = Path(os.path.commonpath([p.resolve().parent for p in paths])) if paths else Path(".")
+    ids = [p.resolve().relative_to(base).with_suffix("").as_posix() for p in paths]  # as read_tags names them
     return ImageTags(paths, ids, labels, class_names, "paths")
 
 
