@@ -101,6 +101,11 @@ def checkpoint_class_names(state: dict, num_classes: int) -> list[str]:
     return fallback
 
 
+def _fail(parser: argparse.ArgumentParser, message: str):
+    """A user's mistake in the data (not in the command line): one line on stderr, exit status 2."""
+    parser.exit(2, f"{parser.prog}: error: {message}\n")
+
+
 def _listing(bad: list[tuple[object, str]], limit: int = 10) -> str:
     shown = "; ".join(f"{path}: {reason}" for path, reason in bad[:limit])
     return shown + (f"; and {len(bad) - limit} more" if len(bad) > limit else "")
@@ -120,12 +125,12 @@ def run(argv: list[str] | None = None) -> dict:
     try:
         images = find_images(args.inputs, exclude=args.out_dir)
     except (FileNotFoundError, ValueError) as error:
-        parser.error(str(error))
+        _fail(parser, str(error))
     try:
         state = load_checkpoint(args.checkpoint)
         net = net_from_checkpoint(state)
     except (FileNotFoundError, CheckpointError) as error:
-        parser.error(f"--checkpoint: {error}")
+        _fail(parser, f"--checkpoint: {error}")
     class_names = checkpoint_class_names(state, net.num_classes)
     del state
 
@@ -140,9 +145,10 @@ def run(argv: list[str] | None = None) -> dict:
             dist.all_gather_object(gathered, bad)
             bad = [entry for part in gathered for entry in part]
         if bad and not args.skip_bad:
-            parser.error(
+            _fail(
+                parser,
                 f"{len(bad)} input(s) are not readable images (nothing was written; --skip-bad goes on "
-                f"without them): {_listing(bad)}"
+                f"without them): {_listing(bad)}",
             )
         bad_paths = {str(path) for path, _ in bad}
         todo = [item for item in images if str(item.path) not in bad_paths]
@@ -170,9 +176,9 @@ def run(argv: list[str] | None = None) -> dict:
                 autocast_dtype=torch.bfloat16 if args.amp else None,
             )
         except SettingsMismatchError as error:
-            parser.error(str(error))
+            _fail(parser, str(error))
         except ValueError as error:  # an image that fails to decode (truncated) without --skip-bad
-            parser.error(f"{error} (files written so far are kept; --skip-bad goes on past such images)")
+            _fail(parser, f"{error} (files written so far are kept; --skip-bad goes on past such images)")
         summary["bad"] = [[str(p), r] for p, r in bad] + summary["bad"]
         if context.is_main:
             print(

@@ -415,10 +415,15 @@ def write_args(args: argparse.Namespace, work_dir: Path) -> None:
     (work_dir / "args.yaml").write_text(text)
 
 
+def _fail(parser: argparse.ArgumentParser, message: str):
+    """A user's mistake in the data (not in the command line): one line on stderr, exit status 2."""
+    parser.exit(2, f"{parser.prog}: error: {message}\n")
+
+
 def _read_ids(path: str, parser: argparse.ArgumentParser) -> list[str]:
     file = Path(path)
     if not file.is_file():
-        parser.error(f"--ids: file not found: {file}")
+        _fail(parser, f"--ids: file not found: {file}")
     return [line.split()[0] for line in file.read_text().splitlines() if line.strip()]
 
 
@@ -436,17 +441,18 @@ def read_training_tags(args: argparse.ArgumentParser, parser: argparse.ArgumentP
         if args.val_labels:
             val_tags = read_tags(args.val_labels, args.val_images or args.images, tags.class_names[1:])
     except (FileNotFoundError, ValueError) as error:
-        parser.error(str(error))
+        _fail(parser, str(error))
     if args.val_root:
         try:
             root = VOCSegmentation(args.val_root, args.val_split, validate=False)
         except (FileNotFoundError, ValueError) as error:
-            parser.error(f"--val-root: {error}")
+            _fail(parser, f"--val-root: {error}")
         if list(root.class_names) != list(tags.class_names):
-            parser.error(
+            _fail(
+                parser,
                 f"--val-root {args.val_root} has the classes {root.class_names[1:]} (classes.txt, or VOC's), "
                 f"the training labels {tags.class_names[1:]}: they must be the same, in the same order "
-                "(give --classes, or write the root's classes.txt)"
+                "(give --classes, or write the root's classes.txt)",
             )
     return tags, val_tags
 

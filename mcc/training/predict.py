@@ -422,13 +422,16 @@ def find_images(
     if not found:
         raise ValueError(f"no image files in the inputs {list(map(str, inputs))}")
     by_name: dict[str, Path] = {}
+    seen: set[Path] = set()
     clashes = []
     unique = []
     for item in found:
+        resolved = item.path.resolve()
+        if resolved in seen:
+            continue  # the same file given twice (e.g. a folder and a glob inside it): its first name
+        seen.add(resolved)
         earlier = by_name.get(item.name)
         if earlier is not None:
-            if Path(earlier).resolve() == item.path.resolve():
-                continue  # the same file named twice (e.g. a folder and a glob inside it)
             clashes.append(f"{earlier} and {item.path} -> {item.name}.png")
             continue
         by_name[item.name] = item.path
@@ -625,6 +628,8 @@ def predict_to_dir(
         return not overlay or (out_dir / "overlays" / f"{item.name}.jpg").is_file()
 
     with part_path.open("a", encoding="utf-8") as part:
+        if part.tell() and not part_path.read_bytes().endswith(b"\n"):
+            part.write("\n")  # a torn last line of a killed run stays apart from the new records
         pending: list[tuple[InputImage, Image.Image]] = []
 
         def flush() -> None:
