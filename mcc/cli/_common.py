@@ -1,16 +1,176 @@
-"""Pieces shared by the evaluation and pseudo-label commands: data opening, ids, CRF, options."""
+"""Pieces shared by the command-line programs: user errors in one line, data opening, ids, CRF, options."""
 
 from __future__ import annotations
 
 import argparse
+import functools
 import inspect
+import os
+import re
+import sys
+import traceback
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import torch
 
 from mcc.data import VOCSegmentation
 from mcc.data.layout import DatasetRoot
+from mcc.training.checkpoint import CheckpointError
 from mcc.training.outputs import check_split_files, select_ids
+
+_T = TypeVar("_T")
+_MCC_DIR = Path(__file__).resolve().parents[1]
+TRACEBACK_ENV = "MCC_TRACEBACK"
+
+
+class UserError(ValueError):
+    """A value the user gave a program (an option, a file, a setting) is unusable.
+
+    Raised by the command-line programs for checks they make themselves after parsing; the message says
+    which option or file and why, and :func:`run_cli` prints it as one line. A :class:`ValueError`, so
+    Python callers of the programs' ``run`` functions catch it like the library's own input errors.
+    """
+
+
+def user_error_message(error: BaseException) -> str | None:
+    """The one-line message of an exception that reports a mistake of the user, or None for a bug.
+
+    User mistakes are:
+
+    * :class:`UserError`, :class:`~mcc.training.CheckpointError` (a file that is no usable
+      checkpoint), and an :class:`OSError` about a path (``FileNotFoundError``, ``IsADirectoryError``,
+      ``PermissionError``, ...: a file or folder the user named);
+    * :class:`ValueError` raised by this package's own code: the library validates its inputs (files,
+      masks, options, settings) and raises ``ValueError`` with a message naming the argument, the file
+      or the row. A ``ValueError`` raised inside torch, NumPy or another library is not one of those
+      checks but a call this package got wrong - a bug - and keeps its traceback; so does every other
+      exception type (``TypeError``, ``RuntimeError``, ``KeyError``, ...);
+    * the same errors raised in a ``DataLoader`` worker (torch re-raises them in the main process with
+      the worker's traceback in the message);
+    * ``torch.OutOfMemoryError``: with a hint to use a smaller batch or crop.
+
+    Set the environment variable ``MCC_TRACEBACK=1`` to get the full traceback of every error.
+    """
+    if isinstance(error, UserError | CheckpointError):
+        return _one_line(str(error))
+    if isinstance(error, OSError) and getattr(error, "filename", None) is not None:
+        return _one_line(_os_error_text(error))
+    if isinstance(error, FileNotFoundError | NotADirectoryError | IsADirectoryError | PermissionError):
+        return _one_line(str(error))
+    if isinstance(error, torch.OutOfMemoryError):
+        first = str(error).splitlines()[0] if str(error) else "out of memory"
+        return _one_line(f"{first} (try a smaller --batch-size or --crop-size, or --amp)")
+    if isinstance(error, ValueError):
+        worker = _worker_error(str(error))
+        if worker is not None:
+            return worker
+        frames = traceback.extract_tb(error.__traceback__)
+        if frames and _in_package(frames[-1].filename):
+            return _one_line(str(error))
+    return None
+
+
+def _os_error_text(error: OSError) -> str:
+    text = str(error)
+    if isinstance(error, FileNotFoundError) and text.startswith("[Errno"):
+        return f"not found: {error.filename}"
+    return text
+
+
+def _in_package(filename: str) -> bool:
+    try:
+        Path(filename).resolve().relative_to(_MCC_DIR)
+    except (ValueError, OSError):
+        return False
+    return True
+
+
+_WORKER_FRAME = re.compile(r'^\s*File "([^"]+)", line \d+', re.MULTILINE)
+_USER_TYPES_IN_WORKERS = ("ValueError", "FileNotFoundError", "UserError")
+
+
+def _worker_error(text: str) -> str | None:
+    """The message of a user error raised in a DataLoader worker (None if ``text`` is not one)."""
+    if not text.startswith("Caught ") or "Original Traceback (most recent call last):" not in text:
+        return None
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    kind, _, message = lines[-1].partition(": ")
+    files = _WORKER_FRAME.findall(text)
+    if kind.rsplit(".", 1)[-1] not in _USER_TYPES_IN_WORKERS or not files:
+        return None
+    if kind.endswith("ValueError") and not _in_package(files[-1]):
+        return None
+    return _one_line(message)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split()) or "(no message)"
+
+
+def run_cli(prog: str, function: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+    """Calls ``function(*args, **kwargs)``; a user's mistake exits with ``prog: error: <message>``.
+
+    The mistakes :func:`user_error_message` recognises are printed as one line on stderr and end the
+    process with exit status 2, as ``argparse`` does for a bad option; ``Ctrl-C`` prints
+    ``prog: interrupted`` and exits with 130. Anything else (a bug) propagates with its traceback, and so
+    does everything when ``MCC_TRACEBACK=1`` is set. Every program of :mod:`mcc.cli` runs its body
+    through this function (see :func:`command`), so a new program gets the same behaviour by using it.
+    """
+    try:
+        return function(*args, **kwargs)
+    except KeyboardInterrupt:
+        if os.environ.get(TRACEBACK_ENV):
+            raise
+        print(f"{prog}: interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
+    except Exception as error:
+        message = None if os.environ.get(TRACEBACK_ENV) else user_error_message(error)
+        if message is None:
+            raise
+        sys.stdout.flush()
+        print(f"{prog}: error: {message}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def command(prog: str) -> Callable[[Callable[..., _T]], Callable[..., _T]]:
+    """Decorator form of :func:`run_cli` for a program's ``main``: ``@command("mcc-evaluate")``."""
+
+    def decorate(function: Callable[..., _T]) -> Callable[..., _T]:
+        @functools.wraps(function)
+        def wrapper(*args: Any, **kwargs: Any) -> _T:
+            return run_cli(prog, function, *args, **kwargs)
+
+        return wrapper
+
+    return decorate
+
+
+def device_arg(text: str) -> str:
+    """``argparse`` type of ``--device``: a torch device string that this machine has."""
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise argparse.ArgumentTypeError(f"not a device: {text!r} (expected cpu, cuda or cuda:N)") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise argparse.ArgumentTypeError(f"{text!r}: CUDA is not available on this machine (use cpu)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise argparse.ArgumentTypeError(
+                f"{text!r}: this machine has {torch.cuda.device_count()} CUDA device(s)"
+            )
+    elif device.type not in ("cpu", "mps", "xpu"):
+        raise argparse.ArgumentTypeError(f"not a supported device: {text!r} (expected cpu, cuda or cuda:N)")
+    return text
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """:class:`argparse.ArgumentParser` whose errors are one line on stderr, ``prog: error: message``,
+    exit status 2 (argparse's own prints the usage block first). ``prog --help`` shows the options."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -39,7 +199,9 @@ def add_data_arguments(parser: argparse.ArgumentParser, split: str) -> None:
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     """``--device``, ``--amp``, ``--dist-timeout``."""
     group = parser.add_argument_group("run")
-    group.add_argument("--device", default=None, help="cuda or cpu (None: cuda when available)")
+    group.add_argument(
+        "--device", type=device_arg, default=None, help="cuda, cuda:N or cpu (None: cuda when available)"
+    )
     group.add_argument("--amp", action="store_true", help="bf16 autocast of the network (CUDA)")
     group.add_argument(
         "--dist-timeout", type=float, default=1800.0, help="seconds a rank waits in a collective"

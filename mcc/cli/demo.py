@@ -31,6 +31,7 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 
 from mcc.cam import CAMExtractor
+from mcc.cli._common import ArgumentParser, UserError, run_cli
 from mcc.data import VOCSegmentation, VOCTrainViews, make_synthetic_voc
 from mcc.network import MCCConfig, MCCNet
 from mcc.refine import refine_cams_with_background
@@ -50,7 +51,7 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescrip
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="mcc-demo",
         description=__doc__,
         formatter_class=_HelpFormatter,
@@ -179,7 +180,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     """Runs the demo; returns what it writes to ``<out-dir>/metrics.json`` (mIoU in percent)."""
     args = build_parser().parse_args(argv)
     if args.num_samples < 0 or args.num_samples > args.num_val:
-        raise ValueError(f"--num-samples must be in [0, --num-val = {args.num_val}], got {args.num_samples}")
+        raise UserError(f"--num-samples must be in [0, --num-val = {args.num_val}], got {args.num_samples}")
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     tic = time.perf_counter()
@@ -276,8 +277,9 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """The ``mcc-demo`` command: :func:`run`, exit status 0 (the results are in ``metrics.json``)."""
-    run(argv)
+    """The ``mcc-demo`` command: :func:`run`, exit status 0 (the results are in ``metrics.json``); a user's
+    mistake: one line on stderr and status 2 (:func:`mcc.cli._common.run_cli`)."""
+    run_cli("mcc-demo", run, argv)
 
 
 if __name__ == "__main__":

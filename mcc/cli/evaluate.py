@@ -23,11 +23,13 @@ import time
 import torch
 
 from mcc.cli._common import (
+    ArgumentParser,
     HelpFormatter,
     add_data_arguments,
     add_run_arguments,
     make_crf,
     open_split,
+    run_cli,
     use_net_pixel_stats,
 )
 from mcc.training import (
@@ -51,7 +53,7 @@ LABELS = {
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``mcc-evaluate`` command line."""
-    parser = argparse.ArgumentParser(prog="mcc-evaluate", description=__doc__, formatter_class=HelpFormatter)
+    parser = ArgumentParser(prog="mcc-evaluate", description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--checkpoint", required=True, help="a checkpoint of mcc-train-voc / mcc-train-coco")
     add_data_arguments(parser, split="val")
     scores = parser.add_argument_group("scores")
@@ -196,8 +198,9 @@ def run(argv: list[str] | None = None) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console-script entry point (returns nothing, so the exit status is 0 on success)."""
-    run(argv)
+    """Console-script entry point (returns nothing, so the exit status is 0 on success; a user's mistake:
+    one line on stderr and status 2, see :func:`mcc.cli._common.run_cli`)."""
+    run_cli("mcc-evaluate", run, argv)
 
 
 if __name__ == "__main__":

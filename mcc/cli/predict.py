@@ -22,7 +22,7 @@ import warnings
 
 import torch
 
-from mcc.cli._common import HelpFormatter, add_run_arguments, make_crf
+from mcc.cli._common import ArgumentParser, HelpFormatter, add_run_arguments, make_crf, run_cli
 from mcc.data.layout import VOC_CLASSES
 from mcc.training import (
     CheckpointError,
@@ -39,7 +39,7 @@ __all__ = ["build_parser", "checkpoint_class_names", "main", "run"]
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``mcc-predict`` command line."""
-    parser = argparse.ArgumentParser(prog="mcc-predict", description=__doc__, formatter_class=HelpFormatter)
+    parser = ArgumentParser(prog="mcc-predict", description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
     parser.add_argument("--checkpoint", required=True, help="a checkpoint of mcc-train / mcc-train-voc / ...")
     parser.add_argument(
@@ -101,11 +101,6 @@ def checkpoint_class_names(state: dict, num_classes: int) -> list[str]:
     return fallback
 
 
-def _fail(parser: argparse.ArgumentParser, message: str):
-    """A user's mistake in the data (not in the command line): one line on stderr, exit status 2."""
-    parser.exit(2, f"{parser.prog}: error: {message}\n")
-
-
 def _listing(bad: list[tuple[object, str]], limit: int = 10) -> str:
     shown = "; ".join(f"{path}: {reason}" for path, reason in bad[:limit])
     return shown + (f"; and {len(bad) - limit} more" if len(bad) > limit else "")
@@ -125,12 +120,12 @@ def run(argv: list[str] | None = None) -> dict:
     try:
         images = find_images(args.inputs, exclude=args.out_dir)
     except (FileNotFoundError, ValueError) as error:
-        _fail(parser, str(error))
+        parser.error(str(error))
     try:
         state = load_checkpoint(args.checkpoint)
         net = net_from_checkpoint(state)
     except (FileNotFoundError, CheckpointError) as error:
-        _fail(parser, f"--checkpoint: {error}")
+        parser.error(f"--checkpoint: {error}")
     class_names = checkpoint_class_names(state, net.num_classes)
     del state
 
@@ -145,8 +140,7 @@ def run(argv: list[str] | None = None) -> dict:
             dist.all_gather_object(gathered, bad)
             bad = [entry for part in gathered for entry in part]
         if bad and not args.skip_bad:
-            _fail(
-                parser,
+            parser.error(
                 f"{len(bad)} input(s) are not readable images (nothing was written; --skip-bad goes on "
                 f"without them): {_listing(bad)}",
             )
@@ -176,9 +170,9 @@ def run(argv: list[str] | None = None) -> dict:
                 autocast_dtype=torch.bfloat16 if args.amp else None,
             )
         except SettingsMismatchError as error:
-            _fail(parser, str(error))
+            parser.error(str(error))
         except ValueError as error:  # an image that fails to decode (truncated) without --skip-bad
-            _fail(parser, f"{error} (files written so far are kept; --skip-bad goes on past such images)")
+            parser.error(f"{error} (files written so far are kept; --skip-bad goes on past such images)")
         summary["bad"] = [[str(p), r] for p, r in bad] + summary["bad"]
         if context.is_main:
             print(
@@ -196,8 +190,9 @@ def run(argv: list[str] | None = None) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console-script entry point (returns nothing, so the exit status is 0 on success)."""
-    run(argv)
+    """Console-script entry point (returns nothing, so the exit status is 0 on success; a user's mistake:
+    one line on stderr and status 2, see :func:`mcc.cli._common.run_cli`)."""
+    run_cli("mcc-predict", run, argv)
 
 
 if __name__ == "__main__":

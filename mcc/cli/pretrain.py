@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from mcc.cli._common import ArgumentParser, run_cli
 from mcc.data.synthetic_shapes import SyntheticShapes
 from mcc.training.pretrain import PretrainSettings, ViTArch, load_standin, pretrain_vit, save_standin
 
@@ -27,7 +28,7 @@ DEFAULT_OUT = "runs/pretrain/standin_vit.pt"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m mcc.cli.pretrain",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -100,7 +101,9 @@ def _run(args: argparse.Namespace, log) -> Path:
 
 
 def main(argv: list[str] | None = None) -> Path:
-    return _run(build_parser().parse_args(argv), print)
+    """``python -m mcc.cli.pretrain``: a user's mistake is one line on stderr and exit status 2."""
+    parser = build_parser()
+    return run_cli(parser.prog, lambda: _run(parser.parse_args(argv), print))
 
 
 if __name__ == "__main__":

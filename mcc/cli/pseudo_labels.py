@@ -22,11 +22,13 @@ from pathlib import Path
 import torch
 
 from mcc.cli._common import (
+    ArgumentParser,
     HelpFormatter,
     add_data_arguments,
     add_run_arguments,
     make_crf,
     open_split,
+    run_cli,
     use_net_pixel_stats,
 )
 from mcc.training import cleanup_distributed, init_distributed, make_pseudo_labels, net_from_checkpoint
@@ -37,9 +39,7 @@ __all__ = ["build_parser", "main", "run"]
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``mcc-pseudo-labels`` command line."""
-    parser = argparse.ArgumentParser(
-        prog="mcc-pseudo-labels", description=__doc__, formatter_class=HelpFormatter
-    )
+    parser = ArgumentParser(prog="mcc-pseudo-labels", description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--checkpoint", required=True, help="a checkpoint of mcc-train-voc / mcc-train-coco")
     parser.add_argument("--out-dir", required=True, help="folder of the PNGs and metrics.json")
     add_data_arguments(parser, split="train_aug")
@@ -138,8 +138,9 @@ def run(argv: list[str] | None = None) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console-script entry point (returns nothing, so the exit status is 0 on success)."""
-    run(argv)
+    """Console-script entry point (returns nothing, so the exit status is 0 on success; a user's mistake:
+    one line on stderr and status 2, see :func:`mcc.cli._common.run_cli`)."""
+    run_cli("mcc-pseudo-labels", run, argv)
 
 
 if __name__ == "__main__":

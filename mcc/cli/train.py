@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from mcc.cli._common import ArgumentParser, device_arg, run_cli
 from mcc.data import TagImages, TagTrainViews, VOCSegmentation, VOCTrainViews, read_tags
 from mcc.data.transforms import pixel_stats
 from mcc.network import MCCConfig, MCCNet
@@ -119,14 +120,14 @@ def build_parser(dataset: str, tags: bool = False) -> argparse.ArgumentParser:
         raise ValueError(f"dataset must be one of {sorted(DATASET_DEFAULTS)}, got {dataset!r}")
     d = DATASET_DEFAULTS[dataset]
     if tags:
-        parser = argparse.ArgumentParser(
+        parser = ArgumentParser(
             prog="mcc-train",
             description="Train MCC from image-level tags: a folder of images and a label file, no masks "
             "(single process, or torchrun --nproc_per_node=N). See docs/own-data.md.",
             formatter_class=HelpFormatter,
         )
     else:
-        parser = argparse.ArgumentParser(
+        parser = ArgumentParser(
             prog=f"mcc-train-{dataset}",
             description=f"Train MCC on {dataset.upper()} (single process, or torchrun --nproc_per_node=N).",
             formatter_class=HelpFormatter,
@@ -244,7 +245,9 @@ def build_parser(dataset: str, tags: bool = False) -> argparse.ArgumentParser:
     )
     run.add_argument("--resume", default=None, help="checkpoint path, or 'auto' (<work-dir>/last.pt if any)")
     run.add_argument("--stop-after", type=int, default=None, help="stop after N steps (resume later)")
-    run.add_argument("--device", default=None, help="cuda or cpu (None: cuda when available)")
+    run.add_argument(
+        "--device", type=device_arg, default=None, help="cuda, cuda:N or cpu (None: cuda when available)"
+    )
     run.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA)")
     run.add_argument(
         "--dist-timeout",
@@ -265,7 +268,7 @@ def build_parser(dataset: str, tags: bool = False) -> argparse.ArgumentParser:
 
 def build_tags_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     """``mcc-train``'s parser, with the defaults of the ``--recipe`` named in ``argv`` (default VOC)."""
-    pre = argparse.ArgumentParser(add_help=False)
+    pre = ArgumentParser(prog="mcc-train", add_help=False)
     pre.add_argument("--recipe", choices=sorted(DATASET_DEFAULTS), default="voc")
     known, _ = pre.parse_known_args(argv)
     return build_parser(known.recipe, tags=True)
@@ -273,7 +276,7 @@ def build_tags_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
 def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> argparse.Namespace:
     """Defaults < YAML file of ``--config`` < command line; checks what argparse alone cannot."""
-    config_parser = argparse.ArgumentParser(add_help=False)
+    config_parser = ArgumentParser(prog=parser.prog, add_help=False)
     config_parser.add_argument("--config", default=None)
     known, _ = config_parser.parse_known_args(argv)
     if known.config:
@@ -415,15 +418,10 @@ def write_args(args: argparse.Namespace, work_dir: Path) -> None:
     (work_dir / "args.yaml").write_text(text)
 
 
-def _fail(parser: argparse.ArgumentParser, message: str):
-    """A user's mistake in the data (not in the command line): one line on stderr, exit status 2."""
-    parser.exit(2, f"{parser.prog}: error: {message}\n")
-
-
 def _read_ids(path: str, parser: argparse.ArgumentParser) -> list[str]:
     file = Path(path)
     if not file.is_file():
-        _fail(parser, f"--ids: file not found: {file}")
+        parser.error(f"--ids: file not found: {file}")
     return [line.split()[0] for line in file.read_text().splitlines() if line.strip()]
 
 
@@ -441,15 +439,14 @@ def read_training_tags(args: argparse.ArgumentParser, parser: argparse.ArgumentP
         if args.val_labels:
             val_tags = read_tags(args.val_labels, args.val_images or args.images, tags.class_names[1:])
     except (FileNotFoundError, ValueError) as error:
-        _fail(parser, str(error))
+        parser.error(str(error))
     if args.val_root:
         try:
             root = VOCSegmentation(args.val_root, args.val_split, validate=False)
         except (FileNotFoundError, ValueError) as error:
-            _fail(parser, f"--val-root: {error}")
+            parser.error(f"--val-root: {error}")
         if list(root.class_names) != list(tags.class_names):
-            _fail(
-                parser,
+            parser.error(
                 f"--val-root {args.val_root} has the classes {root.class_names[1:]} (classes.txt, or VOC's), "
                 f"the training labels {tags.class_names[1:]}: they must be the same, in the same order "
                 "(give --classes, or write the root's classes.txt)",
@@ -458,12 +455,17 @@ def read_training_tags(args: argparse.ArgumentParser, parser: argparse.ArgumentP
 
 
 def main(dataset: str, argv: list[str] | None = None) -> None:
-    """Parses the command line and trains (the body of ``mcc-train``, ``mcc-train-voc``, ``mcc-train-coco``).
+    """Parses the command line and trains (``mcc-train``, ``mcc-train-voc``, ``mcc-train-coco``); a user's
+    mistake is one line on stderr and exit status 2 (:func:`mcc.cli._common.run_cli`).
 
     Args:
         dataset: ``"voc"`` or ``"coco"`` (a VOC-layout root), or ``"tags"`` (``mcc-train``).
         argv: the arguments (default ``sys.argv[1:]``).
     """
+    run_cli("mcc-train" if dataset == "tags" else f"mcc-train-{dataset}", _main, dataset, argv)
+
+
+def _main(dataset: str, argv: list[str] | None = None) -> None:
     from_tags = dataset == "tags"
     parser = build_tags_parser(argv) if from_tags else build_parser(dataset)
     args = parse_args(parser, argv)
@@ -477,31 +479,24 @@ def main(dataset: str, argv: list[str] | None = None) -> None:
     try:
         seed_everything(args.seed)  # same seed on every rank: DDP also broadcasts rank 0's weights
         model_kwargs = dict(args.vit)
-        vit = build_backbone(args, parser)  # the datasets draw no random numbers: same init as before
+        # the data first: its mistakes are found before a download; the datasets draw no random numbers
+        if from_tags:
+            train_set = TagTrainViews(tags, crop_size=args.crop_size, seed=args.data_seed)
+            val_set = VOCSegmentation(args.val_root, args.val_split) if args.val_root else None
+        else:
+            train_set = VOCTrainViews(
+                args.data_root, args.train_split, crop_size=args.crop_size, seed=args.data_seed
+            )
+            val_set = VOCSegmentation(args.data_root, args.val_split) if args.val_split else None
+        vit = build_backbone(args, parser)
         try:
             mean, std = backbone_pixel_stats(vit, args)
         except ValueError as error:
             parser.error(str(error))
         # the data and the network use the statistics of the backbone's weights (CLIP, EVA-02: CLIP's)
-        if from_tags:
-            train_set = TagTrainViews(tags, crop_size=args.crop_size, seed=args.data_seed, mean=mean, std=std)
-            val_set = (
-                VOCSegmentation(args.val_root, args.val_split, mean=mean, std=std) if args.val_root else None
-            )
-        else:
-            train_set = VOCTrainViews(
-                args.data_root,
-                args.train_split,
-                crop_size=args.crop_size,
-                seed=args.data_seed,
-                mean=mean,
-                std=std,
-            )
-            val_set = (
-                VOCSegmentation(args.data_root, args.val_split, mean=mean, std=std)
-                if args.val_split
-                else None
-            )
+        for dataset_ in (train_set, val_set):
+            if dataset_ is not None:
+                dataset_.mean, dataset_.std = mean, std
         net = MCCNet(vit, train_set.num_foreground_classes, config, pixel_mean=mean, pixel_std=std)
         try:
             net.check_crop_size(args.crop_size)
