@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-fast demo ablation lint bench clean
+.PHONY: install test test-fast gpu-check demo ablation lint bench clean
 
 install: $(STAMP)
 
@@ -21,6 +21,10 @@ test: install
 
 test-fast: install
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "not slow"
+
+# The CUDA tests (skipped without a device): what a GPU user runs, in one command.
+gpu-check: install
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -ra -m cuda
 
 demo: install
 	HF_HUB_OFFLINE=1 $(BIN)/python examples/demo.py

@@ -9,6 +9,7 @@ import os
 import re
 import sys
 import traceback
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -74,8 +75,8 @@ def user_error_message(error: BaseException) -> str | None:
 
 def _os_error_text(error: OSError) -> str:
     text = str(error)
-    if isinstance(error, FileNotFoundError) and text.startswith("[Errno"):
-        return f"not found: {error.filename}"
+    if text.startswith("[Errno") and error.strerror:  # "[Errno 2] No such file ...: 'x'" from the OS
+        return f"{error.strerror}: {error.filename}"
     return text
 
 
@@ -113,11 +114,22 @@ def run_cli(prog: str, function: Callable[..., _T], *args: Any, **kwargs: Any) -
     """Calls ``function(*args, **kwargs)``; a user's mistake exits with ``prog: error: <message>``.
 
     The mistakes :func:`user_error_message` recognises are printed as one line on stderr and end the
-    process with exit status 2, as ``argparse`` does for a bad option; ``Ctrl-C`` prints
+    process with exit status 2, as ``argparse`` does for a bad option; warnings are one line each,
+    ``prog: warning: <message>``; ``Ctrl-C`` prints
     ``prog: interrupted`` and exits with 130. Anything else (a bug) propagates with its traceback, and so
     does everything when ``MCC_TRACEBACK=1`` is set. Every program of :mod:`mcc.cli` runs its body
     through this function (see :func:`command`), so a new program gets the same behaviour by using it.
     """
+    with warnings.catch_warnings():
+        warnings.formatwarning = functools.partial(_format_warning, prog)
+        return _run_reporting(prog, function, *args, **kwargs)
+
+
+def _format_warning(prog: str, message, category, filename, lineno, line=None) -> str:
+    return f"{prog}: warning: {message}\n"
+
+
+def _run_reporting(prog: str, function: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
     try:
         return function(*args, **kwargs)
     except KeyboardInterrupt:
@@ -145,6 +157,67 @@ def command(prog: str) -> Callable[[Callable[..., _T]], Callable[..., _T]]:
         return wrapper
 
     return decorate
+
+
+def positive_int(text: str) -> int:
+    """``argparse`` type: an integer >= 1."""
+    value = _number(text, int)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """``argparse`` type: an integer >= 0."""
+    value = _number(text, int)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """``argparse`` type: a finite number > 0."""
+    value = _number(text, float)
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
+def unit_float(text: str) -> float:
+    """``argparse`` type: a number in [0, 1] (a threshold or a probability)."""
+    value = _number(text, float)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
+    return value
+
+
+def _number(text: str, kind: type) -> Any:
+    try:
+        return kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected {'an integer' if kind is int else 'a number'}, got {text!r}"
+        ) from None
+
+
+def check_typed_defaults(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Applies each option's ``type`` check to values that did not come through it.
+
+    ``argparse`` runs ``type`` on the command line's strings only; defaults set from a ``--config`` file
+    (numbers, lists) skip it. A bad value is a :meth:`~argparse.ArgumentParser.error` naming the option.
+    """
+    for action in parser._actions:
+        value = getattr(args, action.dest, None)
+        if action.type is None or value is None or not callable(action.type) or action.type in (str, bool):
+            continue
+        for item in value if isinstance(value, list | tuple) else [value]:
+            if not isinstance(item, str | int | float) or isinstance(item, bool) or item == "":
+                continue  # e.g. the (key, value) pairs of --mcc / --vit, made from a mapping
+            try:
+                action.type(str(item))
+            except (argparse.ArgumentTypeError, TypeError, ValueError) as error:
+                name = "/".join(action.option_strings) or action.dest
+                parser.error(f"argument {name}: {error} (from --config?)")
 
 
 def device_arg(text: str) -> str:
@@ -193,7 +266,7 @@ def add_data_arguments(parser: argparse.ArgumentParser, split: str) -> None:
         default="auto",
         help="whether the split has masks; auto: no for a split named 'test', yes otherwise",
     )
-    group.add_argument("--max-images", type=int, default=None, help="only the first N images")
+    group.add_argument("--max-images", type=positive_int, default=None, help="only the first N images")
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
@@ -204,7 +277,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--amp", action="store_true", help="bf16 autocast of the network (CUDA)")
     group.add_argument(
-        "--dist-timeout", type=float, default=1800.0, help="seconds a rank waits in a collective"
+        "--dist-timeout", type=positive_float, default=1800.0, help="seconds a rank waits in a collective"
     )
 
 
@@ -238,6 +311,29 @@ def open_split(args: argparse.Namespace) -> VOCSegmentation:
     if args.ids:
         dataset = select_ids(dataset, read_ids(args.ids))
     return dataset
+
+
+def check_classes(dataset, net, data_root: str) -> None:
+    """Refuses a dataset whose classes are not the network's, saying why.
+
+    Raises:
+        UserError: the counts differ; when the root has no ``classes.txt`` (its names are the PASCAL VOC
+            defaults) the message says so.
+    """
+    count = len(dataset.class_names)
+    if count == net.num_classes + 1:
+        return
+    message = (
+        f"--data-root {data_root} has {count} classes (background included), the checkpoint's network "
+        f"{net.num_classes} + background"
+    )
+    if not (Path(data_root) / "classes.txt").is_file():
+        message += (
+            f": the root has no classes.txt, so its names default to the {count} PASCAL VOC classes; "
+            f"write the {net.num_classes + 1} class names of the checkpoint's dataset into classes.txt "
+            "(background first)"
+        )
+    raise UserError(message)
 
 
 def use_net_pixel_stats(dataset, net) -> None:

@@ -26,9 +26,12 @@ from mcc.cli._common import (
     HelpFormatter,
     add_data_arguments,
     add_run_arguments,
+    check_classes,
     make_crf,
     open_split,
+    positive_float,
     run_cli,
+    unit_float,
     use_net_pixel_stats,
 )
 from mcc.training import cleanup_distributed, init_distributed, make_pseudo_labels, net_from_checkpoint
@@ -57,10 +60,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="give the uncertain (255) pixels of --kind train the complete label's class",
     )
     labels.add_argument(
-        "--bkg-thre", type=float, default=0.5, help="background level of the complete label (COCO: 0.45)"
+        "--bkg-thre", type=unit_float, default=0.5, help="background level of the complete label (COCO: 0.45)"
     )
     labels.add_argument(
-        "--scales", type=float, nargs="+", default=None, help="CAM scales (None: the checkpoint's cam_scales)"
+        "--scales",
+        type=positive_float,
+        nargs="+",
+        default=None,
+        help="CAM scales (None: the checkpoint's cam_scales)",
     )
     labels.add_argument("--no-flip", action="store_true", help="no horizontally flipped CAMs")
     labels.add_argument(
@@ -113,6 +120,7 @@ def run(argv: list[str] | None = None) -> dict:
     context = init_distributed(args.device, timeout_s=args.dist_timeout)
     try:
         net = net_from_checkpoint(args.checkpoint).to(context.device)
+        check_classes(dataset, net, args.data_root)
         use_net_pixel_stats(dataset, net)  # the run's image normalisation (CLIP's for CLIP)
         crf = make_crf(context.device) if args.crf else None
         tic = time.perf_counter()

@@ -28,7 +28,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from mcc.cli._common import ArgumentParser, device_arg, run_cli
+from mcc.cli._common import (
+    ArgumentParser,
+    UserError,
+    check_typed_defaults,
+    device_arg,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    run_cli,
+    unit_float,
+)
 from mcc.data import TagImages, TagTrainViews, VOCSegmentation, VOCTrainViews, read_tags
 from mcc.data.transforms import pixel_stats
 from mcc.network import MCCConfig, MCCNet
@@ -174,8 +184,12 @@ def build_parser(dataset: str, tags: bool = False) -> argparse.ArgumentParser:
         )
         data.add_argument("--train-split", default=d["train_split"], help="split list of the training images")
         data.add_argument("--val-split", default=d["val_split"], help="'' for no evaluation during training")
-    data.add_argument("--crop-size", type=int, default=448, help="side of the training crops, pixels")
-    data.add_argument("--num-workers", type=int, default=4, help="DataLoader workers per process")
+    data.add_argument(
+        "--crop-size", type=positive_int, default=448, help="side of the training crops, pixels"
+    )
+    data.add_argument(
+        "--num-workers", type=non_negative_int, default=4, help="DataLoader workers per process"
+    )
     data.add_argument("--data-seed", type=int, default=0, help="seed of the random training views")
 
     model = parser.add_argument_group("model")
@@ -211,7 +225,7 @@ def build_parser(dataset: str, tags: bool = False) -> argparse.ArgumentParser:
     )  # fmt: skip
 
     schedule = parser.add_argument_group("schedule")
-    schedule.add_argument("--max-iters", type=int, default=d["max_iters"], help="optimiser steps")
+    schedule.add_argument("--max-iters", type=positive_int, default=d["max_iters"], help="optimiser steps")
     schedule.add_argument(
         "--schedule",
         choices=("published", "scaled"),
@@ -224,14 +238,18 @@ def build_parser(dataset: str, tags: bool = False) -> argparse.ArgumentParser:
         ),
     )
     schedule.add_argument(
-        "--batch-size", type=int, default=d["batch_size"], help="global, over all processes"
+        "--batch-size", type=positive_int, default=d["batch_size"], help="global, over all processes"
     )
-    schedule.add_argument("--accumulation-steps", type=int, default=1, help="micro-batches per process")
-    schedule.add_argument("--lr", type=float, default=6e-5, help="encoder lr (heads x head_lr_scale)")
+    schedule.add_argument(
+        "--accumulation-steps", type=positive_int, default=1, help="micro-batches per process"
+    )
+    schedule.add_argument(
+        "--lr", type=positive_float, default=6e-5, help="encoder lr (heads x head_lr_scale)"
+    )
     schedule.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay")
     schedule.add_argument(
         "--warmup-iters",
-        type=int,
+        type=non_negative_int,
         default=WARMUP_ITERS,
         help="linear warm-up steps; must be below --max-iters (scaled too with --schedule scaled)",
     )
@@ -244,22 +262,40 @@ def build_parser(dataset: str, tags: bool = False) -> argparse.ArgumentParser:
         help="checkpoints, config and logs",
     )
     run.add_argument("--resume", default=None, help="checkpoint path, or 'auto' (<work-dir>/last.pt if any)")
-    run.add_argument("--stop-after", type=int, default=None, help="stop after N steps (resume later)")
+    run.add_argument(
+        "--stop-after", type=positive_int, default=None, help="stop after N steps (resume later)"
+    )
     run.add_argument(
         "--device", type=device_arg, default=None, help="cuda, cuda:N or cpu (None: cuda when available)"
     )
-    run.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA)")
+    run.add_argument(
+        "--amp",
+        action="store_true",
+        help="bf16 autocast (CUDA; a GPU without bf16, before Ampere, gets fp16 with a gradient scaler)",
+    )
+    run.add_argument(
+        "--tf32",
+        action="store_true",
+        help="TF32 matmuls and convolutions in float32 runs (CUDA, Ampere or newer): faster, with about "
+        "1e-3 relative error per product; off by default, when float32 products are exact float32",
+    )
     run.add_argument(
         "--dist-timeout",
-        type=float,
+        type=positive_float,
         default=1800.0,
         help="seconds a rank waits in a collective before failing",
     )
-    run.add_argument("--log-every", type=int, default=50, help="steps between log lines")
-    run.add_argument("--eval-every", type=int, default=d["eval_every"], help="0: only at the end")
-    run.add_argument("--eval-max-images", type=int, default=None, help="score only the first N val images")
-    run.add_argument("--bkg-thre", type=float, default=d["bkg_thre"], help="CAM background threshold")
-    run.add_argument("--save-every", type=int, default=2000, help="steps between writes of last.pt")
+    run.add_argument("--log-every", type=positive_int, default=50, help="steps between log lines")
+    run.add_argument(
+        "--eval-every", type=non_negative_int, default=d["eval_every"], help="0: only at the end"
+    )
+    run.add_argument(
+        "--eval-max-images", type=positive_int, default=None, help="score only the first N val images"
+    )
+    run.add_argument("--bkg-thre", type=unit_float, default=d["bkg_thre"], help="CAM background threshold")
+    run.add_argument(
+        "--save-every", type=non_negative_int, default=2000, help="steps between writes of last.pt"
+    )
     run.add_argument("--best-metric", choices=("seg", "cam"), default="seg", help="mIoU that picks best.pt")
     run.add_argument("--tensorboard", action="store_true", help="log to <work-dir>/tb")
     parser.set_defaults(dataset=dataset, source="tags" if tags else "root")
@@ -300,6 +336,8 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None = None) -
                 values[key] = list(values[key].items())
         parser.set_defaults(**values)
     args = parser.parse_args(argv)
+    if known.config:
+        check_typed_defaults(parser, args)
     if getattr(args, "source", "root") == "tags":
         args.dataset = args.recipe
         missing = [name for name in ("images", "labels") if not getattr(args, name)]
@@ -345,7 +383,34 @@ def mcc_config(args: argparse.Namespace) -> MCCConfig:
     config = getattr(MCCConfig, args.preset)(args.dataset)
     if getattr(args, "schedule", "published") == "scaled":
         config = config.scaled_schedule(args.max_iters, DATASET_DEFAULTS[args.dataset]["max_iters"])
-    return dataclasses.replace(config, **overrides)
+    for key, value in overrides.items():
+        overrides[key] = _override_value(key, value, getattr(config, key))
+    try:
+        return dataclasses.replace(config, **overrides)
+    except (TypeError, ValueError) as error:
+        raise UserError(f"--mcc: {error}") from error
+
+
+def _override_value(key: str, value: Any, preset: Any) -> Any:
+    """``value`` of ``--mcc key=value`` in the type of the preset's value (int -> float allowed)."""
+
+    def fits(item: Any, like: Any) -> bool:
+        if isinstance(like, bool) or like is None:
+            return isinstance(item, bool) or like is None
+        if isinstance(like, int | float):
+            return isinstance(item, int | float) and not isinstance(item, bool)
+        return isinstance(item, type(like))
+
+    if isinstance(preset, tuple):
+        ok = isinstance(value, tuple) and all(fits(v, preset[0]) for v in value) if preset else True
+    else:
+        ok = fits(value, preset)
+    if not ok:
+        kind = f"a list like {list(preset)}" if isinstance(preset, tuple) else type(preset).__name__
+        raise UserError(f"--mcc {key}={value!r}: expected {kind} (the preset has {preset!r})")
+    if isinstance(preset, float) and isinstance(value, int):
+        return float(value)
+    return value
 
 
 def build_backbone(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None):
@@ -360,6 +425,17 @@ def build_backbone(args: argparse.Namespace, parser: argparse.ArgumentParser | N
         return build_vit(
             args.model, args.pretrained, args.pretrained_file, img_size=args.crop_size, **dict(args.vit)
         )
+    except ValueError as error:
+        if parser is None:
+            raise
+        message = str(error)
+        if message.startswith("img_size"):
+            message = f"--crop-size {args.crop_size}: {message}"
+        elif message.startswith("name:"):
+            message = f"--model{message[len('name') :]}"
+        elif any(message.startswith(f"{key}=") for key, _ in args.vit):
+            message = f"--vit {message}"
+        raise UserError(message) from error
     except (ConnectionError, FileNotFoundError) as error:
         if parser is None:
             raise
@@ -454,6 +530,12 @@ def read_training_tags(args: argparse.ArgumentParser, parser: argparse.ArgumentP
     return tags, val_tags
 
 
+def set_tf32(enabled: bool) -> None:
+    """``--tf32``: matmul precision "high" and TF32 convolutions, else full float32 for both."""
+    torch.set_float32_matmul_precision("high" if enabled else "highest")
+    torch.backends.cudnn.allow_tf32 = enabled
+
+
 def main(dataset: str, argv: list[str] | None = None) -> None:
     """Parses the command line and trains (``mcc-train``, ``mcc-train-voc``, ``mcc-train-coco``); a user's
     mistake is one line on stderr and exit status 2 (:func:`mcc.cli._common.run_cli`).
@@ -476,6 +558,7 @@ def _main(dataset: str, argv: list[str] | None = None) -> None:
         parser.error(str(error))
     tags, val_tags = read_training_tags(args, parser) if from_tags else (None, None)
     context = init_distributed(args.device, timeout_s=args.dist_timeout)
+    set_tf32(args.tf32)
     try:
         seed_everything(args.seed)  # same seed on every rank: DDP also broadcasts rank 0's weights
         model_kwargs = dict(args.vit)
@@ -497,7 +580,11 @@ def _main(dataset: str, argv: list[str] | None = None) -> None:
         for dataset_ in (train_set, val_set):
             if dataset_ is not None:
                 dataset_.mean, dataset_.std = mean, std
-        net = MCCNet(vit, train_set.num_foreground_classes, config, pixel_mean=mean, pixel_std=std)
+        try:
+            net = MCCNet(vit, train_set.num_foreground_classes, config, pixel_mean=mean, pixel_std=std)
+        except ValueError as error:
+            hint = " (MCCConfig fields are set with --mcc KEY=VALUE, e.g. --mcc aux_layer=-2)"
+            raise UserError(f"{error}{hint if 'aux_layer' in str(error) else ''}") from error
         try:
             net.check_crop_size(args.crop_size)
         except ValueError as error:

@@ -20,8 +20,9 @@ from mcc.losses import (
     dense_energy_loss,
     mcc_infonce,
     positive_views,
-    segmentation_loss,
 )
+from mcc.losses._utils import autocast_off, full_precision
+from mcc.losses.segmentation import _segmentation_loss
 from mcc.network.config import MCCConfig
 from mcc.network.decoder import LargeFOV
 from mcc.refine import PAR
@@ -312,6 +313,10 @@ class MCCNet(nn.Module):
         batch = x.shape[0]
         grid = self.encoder.grid_size(x)
         self._check_cls_label(cls_label, batch)
+        # Image labels and boxes may stay on the host (as the training loop keeps them): the box check and
+        # the classes present in the batch are then read there, without a device sync.
+        host_cls_label = cls_label
+        cls_label = cls_label.to(x.device, non_blocking=True)
         box = None if img_box is None else cam_labels.check_img_box(img_box, batch, x.shape[-2:], x.device)
         # The boxes are checked once; the labels below take them as masks (pixel and token units).
         inside = None if box is None else _inside(box, x.shape[-2:])
@@ -341,7 +346,7 @@ class MCCNet(nn.Module):
                 self.par,
                 self._par_image(x),
                 cam,
-                cls_label,
+                host_cls_label,
                 cfg.high_thre,
                 cfg.low_thre,
                 inside,
@@ -399,6 +404,7 @@ class MCCNet(nn.Module):
             cam_labels.check_img_box(img_box, x.shape[0], x.shape[-2:])
         self._check_labels(labels, x)
         batch = x.shape[0]
+        cls_label = cls_label.to(x.device, non_blocking=True)
 
         # Forward passes with gradient.
         main, student_global, teacher_global, local = self._encode(x, v1, v2, labels.key_mask, fast)
@@ -406,8 +412,10 @@ class MCCNet(nn.Module):
         # Classification (Eq. 6), main and auxiliary.
         logits = self.classifier(F.adaptive_max_pool2d(main.patches, 1)).flatten(1)
         logits_aux = self.aux_classifier(F.adaptive_max_pool2d(main.aux, 1)).flatten(1)
-        loss_cls = F.multilabel_soft_margin_loss(logits, cls_label)
-        loss_cls_aux = F.multilabel_soft_margin_loss(logits_aux, cls_label)
+        with autocast_off(logits):  # the losses in float32 whatever the autocast dtype of the logits
+            target = cls_label.float()
+            loss_cls = F.multilabel_soft_margin_loss(full_precision(logits), target)
+            loss_cls_aux = F.multilabel_soft_margin_loss(full_precision(logits_aux), target)
 
         # Masked collaborative contrast (Eq. 10): teacher on global views, student on global + local.
         self.projector.update_teacher()
@@ -424,10 +432,13 @@ class MCCNet(nn.Module):
         loss_affinity = affinity_loss(main.patches, aff_label, absolute=cfg.affinity_absolute)
 
         # Segmentation against the PAR-refined pseudo label.
-        seg_logits = F.interpolate(
-            self.decoder(main.patches), size=x.shape[-2:], mode="bilinear", align_corners=False
-        )
-        loss_seg = segmentation_loss(seg_logits, labels.pseudo_label, cfg.ignore_index)
+        seg_logits = self.decoder(main.patches)
+        with autocast_off(seg_logits):  # upsampled in float32: the logits of both losses below
+            seg_logits = F.interpolate(
+                full_precision(seg_logits), size=x.shape[-2:], mode="bilinear", align_corners=False
+            )
+        # our own pseudo label: its values need no check (which would cost a device sync per step)
+        loss_seg = _segmentation_loss(seg_logits, labels.pseudo_label, cfg.ignore_index)
 
         # The published regularised loss on the same logits; skipped while its weight is 0.
         reg_weight = cfg.reg_weight(step)

@@ -87,8 +87,9 @@ def segment_images(
         net: the network (its mode is left as is: call ``net.eval()`` first).
         images: (B, 3, H, W) normalised with the network's ``pixel_mean``/``pixel_std``.
         scales, flip: as :meth:`MCCNet.segment` (``mcc-evaluate``: 1.0 1.25 1.5 with flip).
-        crf: a :class:`~mcc.DenseCRF` (batched through its ``inference``) or any callable
-            ``(image uint8 (H, W, 3), probs (C, H, W)) -> probs (C, H, W)``, image by image.
+        crf: a :class:`~mcc.DenseCRF` (batched through its ``inference`` on the images' device, in float32
+            whatever the autocast) or any callable ``(image uint8 (H, W, 3), probs (C, H, W)) -> probs
+            (C, H, W)``, given numpy arrays image by image.
 
     Returns:
         (B, H, W) int64 on the images' device.
@@ -96,10 +97,11 @@ def segment_images(
     logits = net.segment(images, scales, flip).float()
     if crf is None:
         return logits.argmax(1)
+    if hasattr(crf, "inference"):  # a DenseCRF: batched, on the images' device, float32 under any autocast
+        with torch.autocast(images.device.type, enabled=False):
+            return crf.inference(_rgb8(net, images.float()), logits.softmax(1)).argmax(1)
     rgb8 = _rgb8(net, images)
     probs = logits.softmax(1)
-    if hasattr(crf, "inference"):
-        return crf.inference(rgb8, probs).to(images.device).argmax(1)
     labels = []
     for rgb, prob in zip(rgb8, probs):
         image = np.ascontiguousarray(rgb.permute(1, 2, 0).cpu().numpy())

@@ -4,6 +4,7 @@ their traceback (mcc.cli._common.run_cli)."""
 from __future__ import annotations
 
 import runpy
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -84,7 +85,7 @@ def _fails_in_one_line(capsys, function, *argv, match: str) -> str:
         function(list(argv))
     err = capsys.readouterr().err
     assert exit_info.value.code == 2, err
-    lines = err.strip().splitlines()
+    lines = [line for line in err.strip().splitlines() if ": warning: " not in line]  # warnings: one line
     assert len(lines) == 1 and "Traceback" not in err, err
     assert match in lines[0], lines[0]
     return lines[0]
@@ -176,3 +177,81 @@ def test_console_script_in_a_subprocess(synthetic, tmp_path):
     assert done.stderr.strip().splitlines() == [
         f"mcc-evaluate: error: checkpoint not found: {tmp_path}/missing.pt"
     ]
+
+
+@pytest.mark.parametrize(
+    "argv, match",
+    [
+        (["--model", "resnet18"], "--model: 'resnet18' is not a ViT-family model"),
+        (["--vit", "dpeth=2"], "--vit dpeth=2: not an option of timm model 'test_vit'"),
+        (["--vit", "depth=2"], "--mcc aux_layer="),
+        (["--mcc", "mask_ratio=abc"], "--mcc mask_ratio='abc': expected float"),
+        (["--mcc", "cam_scales=[1.0, abc]"], "--mcc cam_scales="),
+        (["--mcc", "mask_ratio=1.5"], "--mcc: mask_ratio must be in [0, 1)"),
+        (["--crop-size", "65"], "--crop-size 65: img_size 65 is not a multiple"),
+        (["--crop-size", "0"], "argument --crop-size: must be >= 1, got 0"),
+        (["--batch-size", "0"], "argument --batch-size: must be >= 1"),
+        (["--batch-size", "64"], "fewer than one global batch of 64"),
+        (["--bkg-thre", "1.5"], "argument --bkg-thre: must be in [0, 1], got 1.5"),
+        (["--lr", "nan"], "argument --lr: must be a finite number > 0"),
+        (["--resume", "nope.pt"], "resume: checkpoint not found: nope.pt"),
+    ],
+)
+def test_training_mistakes_are_one_line(argv, match, synthetic, tmp_path, capsys):
+    root, checkpoint = synthetic
+    _fails_in_one_line(
+        capsys, train_cli.main_voc, *_needs("mcc-train-voc", root, checkpoint, tmp_path), *argv, match=match
+    )
+
+
+def test_training_resume_from_another_model_is_one_line(synthetic, tmp_path, capsys):
+    root, checkpoint = synthetic  # a test_vit checkpoint
+    argv = [*_needs("mcc-train-voc", root, checkpoint, tmp_path), "--resume", str(checkpoint)]
+    _fails_in_one_line(
+        capsys,
+        train_cli.main_voc,
+        *_replace(argv, "--model", "vit_tiny_patch16_224"),
+        match="was trained with model 'test_vit', this run builds 'vit_tiny_patch16_224'",
+    )
+
+
+def test_config_values_get_the_option_checks(synthetic, tmp_path, capsys):
+    pytest.importorskip("yaml")
+    root, checkpoint = synthetic
+    config = tmp_path / "c.yaml"
+    config.write_text("batch_size: 0\n")
+    argv = [*_needs("mcc-train-voc", root, checkpoint, tmp_path), "--config", str(config)]
+    _fails_in_one_line(capsys, train_cli.main_voc, *argv, match="argument --batch-size: must be >= 1")
+
+
+@pytest.mark.parametrize("name", ["mcc-evaluate", "mcc-pseudo-labels"])
+def test_thresholds_outside_0_1_are_refused(name, synthetic, tmp_path, capsys):
+    root, checkpoint = synthetic
+    argv = _needs(name, root, checkpoint, tmp_path)
+    _fails_in_one_line(capsys, PROGRAMS[name], *argv, "--bkg-thre", "1.5", match="must be in [0, 1], got 1.5")
+
+
+def test_demo_architecture_mistakes_are_one_line(tmp_path, capsys):
+    _fails_in_one_line(
+        capsys, demo_cli.main, "--heads", "5", match="--dim 96 must be a multiple of --heads 5"
+    )
+    _fails_in_one_line(
+        capsys, demo_cli.main, "--size", "65", match="--size 65 must be a multiple of --patch 8"
+    )
+    _fails_in_one_line(capsys, demo_cli.main, "--threads", "0", match="argument --threads: must be >= 1")
+
+
+@pytest.mark.parametrize("name", ["mcc-evaluate", "mcc-pseudo-labels"])
+def test_a_root_without_classes_txt_against_a_smaller_network_is_refused_with_the_reason(
+    name, synthetic, tmp_path, capsys
+):
+    root, checkpoint = synthetic  # 5 foreground classes
+    copy = tmp_path / "root"
+    shutil.copytree(root, copy)
+    (copy / "classes.txt").unlink()
+    argv = _replace(_needs(name, root, checkpoint, tmp_path), "--data-root", str(copy))
+    if name == "mcc-pseudo-labels":
+        argv += ["--split", "train"]
+    with pytest.warns(UserWarning, match="PASCAL VOC class names"):
+        line = _fails_in_one_line(capsys, PROGRAMS[name], *argv, match="has 21 classes")
+    assert "the root has no classes.txt" in line and "write the 6 class names" in line
