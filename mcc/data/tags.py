@@ -40,7 +40,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from mcc.data.datasets import TrainViews
-from mcc.data.layout import IGNORE_INDEX, VOC_CLASSES, read_image
+from mcc.data.layout import IGNORE_INDEX, IMAGE_SUFFIXES, VOC_CLASSES, read_image
 from mcc.data.transforms import IMAGENET_MEAN, IMAGENET_STD, PhotometricAugment, normalize, pixel_stats
 
 __all__ = [
@@ -54,7 +54,7 @@ __all__ = [
     "tags_from_mapping",
 ]
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+IMAGE_EXTENSIONS = IMAGE_SUFFIXES  # the extensions a VOC-layout root accepts too (any letter case)
 _RESOLVED_EXTENSIONS = (".jpg", ".jpeg", ".png")
 _LIST_LIMIT = 10
 

@@ -214,3 +214,26 @@ def test_torchrun_two_processes_share_the_images(synthetic, photos, tmp_path):
         json.loads(line)["image"] for line in (single / "predictions.jsonl").read_text().splitlines()
     ]
     assert len(lines) == 4 and not (out / ".records").exists()
+
+
+def test_recorded_class_names_are_used_and_checked_downstream(synthetic, photos, tmp_path, capsys):
+    from mcc.training import load_checkpoint, save_checkpoint
+
+    root, checkpoint = synthetic
+    state = load_checkpoint(checkpoint)
+    names = ["background", "disc", "box", "tri", "ring", "cross"]  # the synthetic root's classes.txt
+    state["config"]["extra"]["class_names"] = names
+    named = save_checkpoint(tmp_path / "named.pt", state)
+    assert net_from_checkpoint(named).class_names == names
+    out = tmp_path / "out"
+    predict_cli.run([str(photos), "--checkpoint", str(named), "--out-dir", str(out), "--scales", "1.0"])
+    assert (out / "classes.txt").read_text().split() == names
+    record = json.loads((out / "predictions.jsonl").read_text().splitlines()[0])
+    assert list(record["scores"]) == names[1:] and list(record["pixels"]) == names
+    # evaluation of a root whose classes.txt lists the same classes in another order: refused
+    shuffled = tmp_path / "shuffled"
+    shutil.copytree(root, shuffled)
+    (shuffled / "classes.txt").write_text("\n".join(["background", "box", "disc", "tri", "ring", "cross"]))
+    with pytest.raises(SystemExit) as exit_info:
+        evaluate_cli.main(["--checkpoint", str(named), "--data-root", str(shuffled), "--no-cams"])
+    assert exit_info.value.code == 2 and "the same classes in another order" in capsys.readouterr().err
