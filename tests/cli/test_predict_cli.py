@@ -81,7 +81,7 @@ def test_masks_equal_mcc_evaluate_save_pred(synthetic, photos, tmp_path):
 def test_resume_skips_done_images_and_overwrite_redoes_them(synthetic, photos, tmp_path):
     _, checkpoint = synthetic
     out = tmp_path / "out"
-    _predict(checkpoint, out, photos / "val_000000.jpg")
+    _predict(checkpoint, out, photos / "val_000000.jpg", extra=["--num-workers", "0"])  # decoded in-process
     first = (out / "val_000000.png").stat().st_mtime_ns
     # a killed run: a mask without its record, and a torn record line in a rank's part file
     (out / ".records").mkdir()
