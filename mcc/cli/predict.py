@@ -135,7 +135,7 @@ def run(argv: list[str] | None = None) -> dict:
         state = load_checkpoint(args.checkpoint)
         net = net_from_checkpoint(state)
     except (FileNotFoundError, CheckpointError) as error:
-        parser.error(f"--checkpoint: {error}")
+        parser.error(" ".join(f"--checkpoint: {error}".split()))  # torch's messages span lines
     class_names = checkpoint_class_names(state, net.num_classes)
     del state
 
