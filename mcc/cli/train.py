@@ -515,7 +515,7 @@ def read_training_tags(args: argparse.ArgumentParser, parser: argparse.ArgumentP
         if args.val_labels:
             val_tags = read_tags(args.val_labels, args.val_images or args.images, tags.class_names[1:])
     except (FileNotFoundError, ValueError) as error:
-        parser.error(str(error))
+        parser.error(" ".join(str(error).split()))
     if args.val_root:
         try:
             root = VOCSegmentation(args.val_root, args.val_split, validate=False)
