@@ -362,8 +362,6 @@ class DenseCRF:
                     "neg_unary": (pixels, batch, channels),
                     "q": (pixels, batch, channels),
                     "energy": (pixels, batch, channels),
-                    "gaussian": rows,
-                    "bilateral": rows,
                     **{f"g{i}": (gaussian.num_points + 1, batch * channels) for i in range(2)},
                     **{f"b{i}": (bilateral.num_points + 1, channels) for i in range(2)},
                 },
@@ -376,14 +374,15 @@ class DenseCRF:
             bilateral_work = [buffers[f"b{i}"] for i in range(2)]
             _softmax(neg_unary, q)
             for _ in range(steps):
-                smooth = gaussian.filter_rows(q.view(rows), out=buffers["gaussian"], work=gaussian_work)
-                appearance = bilateral.filter_rows(
+                # energy = (-unary + smooth) + appearance: each slice adds its result to energy in place.
+                energy.copy_(neg_unary)
+                gaussian.filter_rows(q.view(rows), out=energy.view(rows), work=gaussian_work, accumulate=True)
+                bilateral.filter_rows(
                     q.view(pixels * batch, channels),
-                    out=buffers["bilateral"].view(pixels * batch, channels),
+                    out=energy.view(pixels * batch, channels),
                     work=bilateral_work,
+                    accumulate=True,
                 )
-                torch.add(neg_unary, smooth.view_as(q), out=energy)
-                energy.add_(appearance.view_as(q))
                 _softmax(energy, q)
             marginals = q[..., :num_classes].permute(1, 2, 0).reshape(batch, num_classes, height, width)
             return marginals.clone(memory_format=torch.contiguous_format)
