@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mcc.data import VOCSegmentation, VOCTrainViews
+from mcc.data import StrongAugment, VOCSegmentation, VOCTrainViews
 from mcc.data.transforms import pixel_stats
 from mcc.network import MCCConfig, MCCNet
 from mcc.schedule import scaled_warmup_iters
@@ -364,6 +364,7 @@ def main(dataset: str, argv: list[str] | None = None) -> None:
             seed=args.data_seed,
             mean=mean,
             std=std,
+            strong_view=StrongAugment() if config.w_consistency else None,  # DuPL's consistency term
         )
         val_set = (
             VOCSegmentation(args.data_root, args.val_split, mean=mean, std=std) if args.val_split else None

@@ -21,7 +21,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 
 from mcc.data import seed_worker
-from mcc.network import MCCConfig, MCCNet, MCCTrainingStep
+from mcc.network import MCCConfig, MCCLosses, MCCNet, MCCTrainingStep
 from mcc.schedule import poly_warmup_lr, scaled_warmup_iters
 from mcc.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from mcc.training.distributed import DistributedContext, init_distributed
@@ -31,7 +31,7 @@ from mcc.training.sampler import StepBatchSampler
 
 __all__ = ["TrainResult", "TrainSettings", "resolve_resume", "schedule_warnings", "train"]
 
-LOSS_NAMES = ("total", "cls", "cls_aux", "affinity", "mcc", "seg", "reg", "positive_rate")
+LOSS_NAMES = MCCLosses._fields  # total, cls, ..., seg, reg, consistency, seg_to_cam, positive_rate
 
 
 @dataclass(frozen=True)
@@ -195,6 +195,26 @@ def schedule_warnings(config: MCCConfig, settings: TrainSettings) -> list[str]:
             f"positiveness; {hint}"
         )
     return lines
+
+
+def make_ema_teacher(net: MCCNet) -> torch.optim.swa_utils.AveragedModel | None:
+    """CoSA's EMA teacher of ``net`` when ``net.config.ema_teacher_decay`` is set, else None.
+
+    ``AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(decay))``, its first ``update_parameters``
+    called here (it copies ``net``); call ``update_parameters(net)`` after every optimiser step and pass
+    ``.module`` as the training step's ``teacher``. Parameters only are averaged, as CoSA does; unlike
+    CoSA, whose teacher heads start from their own random initialisation and average from the first
+    step, the teacher starts as a copy of ``net``.
+    """
+    decay = net.config.ema_teacher_decay
+    if decay is None:
+        return None
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    teacher = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(decay))
+    teacher.update_parameters(net)
+    teacher.requires_grad_(False)
+    return teacher
 
 
 def _mask_seed(seed: int, step: int, micro_batch: int) -> int:
@@ -394,10 +414,13 @@ def train(
     }
 
     start_step, best = 0, None
+    ema_teacher = make_ema_teacher(net)
     resume_path = resolve_resume(settings.resume, work_dir)
     if resume_path is not None:
         state = load_checkpoint(resume_path, map_location="cpu")
         net.load_state_dict(state["model"])
+        if ema_teacher is not None and "ema_teacher" in state:
+            ema_teacher.load_state_dict(state["ema_teacher"])
         optimizer.load_state_dict(state["optimizer"])
         set_rng_state(state["rng"])
         start_step = int(state["step"])
@@ -428,7 +451,9 @@ def train(
         (work_dir / "config.json").write_text(json.dumps(config_record, indent=2, default=str) + "\n")
 
     def checkpoint_state(done: int) -> dict[str, Any]:
+        extra = {} if ema_teacher is None else {"ema_teacher": ema_teacher.state_dict()}
         return {
+            **extra,
             "model": net.state_dict(),
             "optimizer": optimizer.state_dict(),
             "step": done,
@@ -517,11 +542,15 @@ def train(
                         step,
                         generator=generator,
                         fast=settings.fast,
+                        strong=micro.get("strong"),
+                        teacher=None if ema_teacher is None else ema_teacher.module,
                     )
                     total = losses.total / accumulation if accumulation > 1 else losses.total
                     total.backward()
                 sums += torch.stack([t.detach().double().cpu() for t in losses])
             optimizer.step()
+            if ema_teacher is not None:  # CoSA: the teacher follows every optimiser step
+                ema_teacher.update_parameters(net)
             values = (sums / accumulation).tolist()
             if not math.isfinite(values[0]):
                 raise FloatingPointError(f"the loss is {values[0]} at step {step}")
