@@ -12,7 +12,9 @@ from torch import nn
 from mcc.attention import KeyMaskedViT, ScaledBernoulliKeyMask, patch_vit
 from mcc.cam import cosine_threshold, image_threshold, multi_scale_cam, multi_scale_cam_seg
 from mcc.cam import labels as cam_labels
+from mcc.cam.extractor import CamFunction
 from mcc.cam.labels import _inside, _label_from_cam
+from mcc.cam.multi_scale import resize_to_patch_multiple
 from mcc.losses import (
     MomentumProjector,
     affinity_labels,
@@ -204,6 +206,16 @@ class MCCNet(nn.Module):
         self._check_images(images, patch_multiple=True)
         tokens = self.encoder(images)
         return self._cam(tokens.patches, self.classifier), self._cam(tokens.aux, self.aux_classifier)
+
+    def cam_function(self, aux: bool = False) -> CamFunction:
+        """This network's CAM function for :class:`~mcc.CAMExtractor`: images of any size are resized to
+        whole patches, the maps are the final classifier's (``aux=True``: the auxiliary one's)."""
+        patch = self.encoder.patch_size
+
+        def fn(images: torch.Tensor) -> torch.Tensor:
+            return self.cams(resize_to_patch_multiple(images, patch))[1 if aux else 0]
+
+        return CamFunction(fn, self.num_classes, tuple(self.config.cam_scales))
 
     def cams_and_segmentation(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Raw CAMs (final, auxiliary) and segmentation logits of one forward, at token resolution.
