@@ -31,8 +31,9 @@ def cosine_threshold(
         num_steps: length of the descent, >= 2 (DuPL VOC: 18000).
 
     Returns:
-        a float for float arguments; otherwise a new tensor of the tensor argument's dtype (the factor is
-        computed in float64).
+        a float for float arguments; otherwise a new tensor of the tensor argument's dtype: the factor
+        ``(1 - cos(pi * step / (num_steps - 1))) / 2`` is computed in float64, the interpolation
+        ``start + (end - start) * factor`` in that dtype (as DuPL's float32 tensors do).
 
     Raises:
         ValueError: ``num_steps < 2``, or tensors of different shapes.
@@ -56,11 +57,11 @@ def cosine_threshold(
         factor = (1.0 - math.cos(math.pi * step / (num_steps - 1))) / 2.0
     if not tensors:
         return float(start + (end - start) * factor)
-    dtype = tensors[0].dtype
-    device = tensors[0].device
-    start64 = torch.as_tensor(start, dtype=torch.float64, device=device)
-    end64 = torch.as_tensor(end, dtype=torch.float64, device=device)
-    return (start64 + (end64 - start64) * factor).to(dtype)
+    # The factor in float64 (DuPL: numpy), the interpolation in the tensors' dtype, as DuPL's tensors.
+    like = tensors[0]
+    start = torch.as_tensor(start, dtype=like.dtype, device=like.device)
+    end = torch.as_tensor(end, dtype=like.dtype, device=like.device)
+    return start + (end - start) * factor
 
 
 def image_threshold(class_thre: torch.Tensor, cls_label: torch.Tensor) -> torch.Tensor:
