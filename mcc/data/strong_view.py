@@ -37,7 +37,8 @@ class StrongAugment:
     torchvision's ``RandAugment``, whose table differs (14 operations with geometric ones; factors
     ``1 +- 0.3`` with a random sign and 7-bit posterize at magnitude 10 of 31 bins). Against DuPL's PIL
     operations, pixel values can differ by rounding: torchvision blends uint8 images in float and
-    truncates, and its contrast uses the unrounded mean grey level where PIL rounds it.
+    truncates (autocontrast may top out at 254 where PIL reaches 255), and its contrast uses the
+    unrounded mean grey level where PIL rounds it.
 
     The horizontal flip that completes DuPL's strong view is not done here: the flip must mirror the
     whole crop (:class:`~mcc.data.VOCTrainViews` does it after pasting the region), so that the
