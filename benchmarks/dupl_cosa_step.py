@@ -7,7 +7,7 @@ and the median of the per-iteration ratios to the released step. Step 13000 of t
 where every option acts (dynamic threshold from 2000, filter from 8000, consistency from 8001). Ends with
 one JSON line.
 
-    python benchmarks/dupl_cosa_step.py --threads 1                    # deit_tiny at 224, batch 2, CPU
+    python benchmarks/dupl_cosa_step.py --threads 1                    # deit_tiny at 256, batch 2, CPU
     python benchmarks/dupl_cosa_step.py --size 448 --device cuda --amp  # on a GPU
 """
 
@@ -77,7 +77,7 @@ def make_step(args: argparse.Namespace, overrides: dict):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     add_common_arguments(parser, batch=2, repeats=5)
-    parser.set_defaults(size=224)
+    parser.set_defaults(size=256)  # 0.75 x 256 = 192: whole patches for the strong view
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
