@@ -36,7 +36,7 @@ from typing import Any
 
 import torch
 
-from mcc.cli._common import HelpFormatter
+from mcc.cli._common import ArgumentParser, HelpFormatter, run_cli
 from mcc.data import StrongAugment, VOCSegmentation, VOCTrainViews, make_synthetic_voc
 from mcc.network import MCCConfig, MCCNet
 from mcc.training import ConfusionMatrix, TrainSettings, evaluate, train
@@ -184,7 +184,7 @@ def base_config(steps: int, num_classes: int = 20, **overrides) -> MCCConfig:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--out", default="runs/ablation", help="output folder (default: %(default)s)")
     parser.add_argument(
         "--arms", default=",".join(DEFAULT_ARMS), help="comma-separated arm names (default: %(default)s)"
@@ -554,4 +554,4 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli("ablate.py", main)

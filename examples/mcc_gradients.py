@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ablate import base_config  # noqa: E402
 
-from mcc.cli._common import HelpFormatter  # noqa: E402
+from mcc.cli._common import ArgumentParser, HelpFormatter, run_cli  # noqa: E402
 from mcc.data import VOCTrainViews  # noqa: E402
 from mcc.network import MCCConfig, MCCNet  # noqa: E402
 from mcc.training import load_checkpoint  # noqa: E402
@@ -36,7 +36,7 @@ from mcc.training.pretrain import ViTArch, load_standin  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--data", default="runs/ablation/data", help="synthetic VOC root of the ablation")
     parser.add_argument("--standin", default="runs/pretrain/standin_vit.pt", help="stand-in weights file")
     parser.add_argument("--checkpoint", nargs="*", default=[], help="last.pt files of ablation runs")
@@ -114,4 +114,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli("mcc_gradients.py", main)

@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from mcc.cli._common import HelpFormatter
+from mcc.cli._common import ArgumentParser, HelpFormatter, run_cli
 from mcc.cli.demo import demo_config
 from mcc.data import VOCSegmentation, VOCTrainViews, make_synthetic_voc
 from mcc.losses import segmentation_loss
@@ -45,7 +45,7 @@ from mcc.training.pretrain import ViTArch
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--data", default="runs/seg_gap/data", help="synthetic VOC root (made if missing)")
     parser.add_argument("--steps", type=int, default=800, help="training steps")
@@ -219,4 +219,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli("seg_gap.py", main)

@@ -46,7 +46,7 @@ def check_img_box(img_box: torch.Tensor, batch: int, size: tuple[int, int], devi
             f"{height}x{width} map: need 0 <= y0 < y1 <= {height} and 0 <= x0 < x1 <= {width} "
             "(rows are (y0, y1, x0, x1), end exclusive; reorder an (x0, y0, x1, y1) box)"
         )
-    return img_box if device is None else img_box.to(device)
+    return img_box if device is None else img_box.to(device, non_blocking=True)
 
 
 def _inside(img_box: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -186,15 +186,15 @@ def _label_from_cam(
     """:func:`cam_to_label` on checked arguments, the valid region given as a (B, h, w) bool map."""
     # Compare in float32 at least: a bf16 score would round the thresholds (0.3 -> 0.30078125).
     cam = cam.to(torch.promote_types(cam.dtype, torch.float32))
-    score, cls = (cam * cls_label.to(cam.dtype)[:, :, None, None]).max(dim=1)
+    score, cls = (cam * cls_label.to(device=cam.device, dtype=cam.dtype)[:, :, None, None]).max(dim=1)
     label = cls + 1
+    # masked_fill rather than label[mask] = v: boolean-mask indexing may read the mask on the host
     if bkg_thre is not None:
-        label[score <= bkg_thre] = 0
+        label = label.masked_fill(score <= bkg_thre, 0)
     else:
         if torch.is_tensor(high_thre):  # one threshold per image
             high_thre = high_thre.to(score.device)[:, None, None]
-        label[score <= high_thre] = ignore_index
-        label[score <= low_thre] = 0
+        label = label.masked_fill(score <= high_thre, ignore_index).masked_fill(score <= low_thre, 0)
     if inside is not None:
         label = label.masked_fill(~inside, ignore_index)
     return label

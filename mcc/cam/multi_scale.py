@@ -77,6 +77,26 @@ def multi_scale_cam(
         >>> cam.shape
         torch.Size([2, 20, 64, 48])
     """
+    return _deferred_multi_scale_cam(cam_fn, images, scales, flip, defer_direct=False)(None)
+
+
+def _deferred_multi_scale_cam(
+    cam_fn: CamFn,
+    images: torch.Tensor,
+    scales: Sequence[float],
+    flip: bool,
+    *,
+    defer_direct: bool,
+) -> Callable[[tuple[torch.Tensor, torch.Tensor | None] | None], tuple[torch.Tensor, torch.Tensor | None]]:
+    """:func:`multi_scale_cam` in two parts, for a caller that computes ``cam_fn(images)`` itself.
+
+    With ``defer_direct``, ``cam_fn`` does not run on the unflipped images at full size (every scale whose
+    size is ``H x W``); the returned ``finish(direct)`` takes those maps, ``direct = cam_fn(images)``, and
+    returns what :func:`multi_scale_cam` returns. The training step gets them from its gradient pass (the
+    same weights on the same input). The flipped half of such a scale runs alone (batch B, not 2B), and
+    both halves are resized separately; every operation is per image, so the result is the same. Without
+    ``defer_direct`` everything runs now and ``finish`` takes None. No gradient.
+    """
     if images.ndim != 4:
         raise ValueError(f"images must have shape (B, 3, H, W), got {tuple(images.shape)}")
     if len(scales) == 0:
@@ -87,33 +107,77 @@ def multi_scale_cam(
         if s <= 0 or h < 1 or w < 1:
             raise ValueError(f"scales: factor {s} gives an empty {h}x{w} image from {height}x{width}")
 
-    cam_sum: torch.Tensor | None = None
-    aux_sum: torch.Tensor | None = None
-    for size in sizes:
-        x = images
-        if size != (height, width):
-            x = F.interpolate(images, size=size, mode="bilinear", align_corners=False)
-        if flip:
-            x = torch.cat([x, x.flip(-1)], dim=0)
-        cam, cam_aux = _split_maps(cam_fn(x))
-        _check_maps("cam", cam, x.shape[0])
-        cam = _merge(cam, batch, (height, width), flip, images.device)
-        cam_sum = cam if cam_sum is None else cam_sum + cam
-        if cam_aux is not None:
-            _check_maps("cam_aux", cam_aux, x.shape[0])
-            cam_aux = _merge(cam_aux, batch, (height, width), flip, images.device)
-            aux_sum = cam_aux if aux_sum is None else aux_sum + cam_aux
+    # Per scale: the merged (cam, cam_aux), or for a deferred scale the resized maps of the flipped half.
+    parts: list[tuple[bool, torch.Tensor | None, torch.Tensor | None]] = []
+    flipped: tuple[torch.Tensor, torch.Tensor | None] | None = None
+    with torch.no_grad():
+        for size in sizes:
+            if defer_direct and size == (height, width):
+                if flip and flipped is None:
+                    flipped = _maps(cam_fn, images.flip(-1), batch, (height, width), images.device)
+                parts.append((True, None, None))
+                continue
+            x = images
+            if size != (height, width):
+                x = F.interpolate(images, size=size, mode="bilinear", align_corners=False)
+            if flip:
+                x = torch.cat([x, x.flip(-1)], dim=0)
+            cam, cam_aux = _maps(cam_fn, x, x.shape[0], (height, width), images.device)
+            parts.append(
+                (False, _merge(cam, batch, flip), None if cam_aux is None else _merge(cam_aux, batch, flip))
+            )
 
-    assert cam_sum is not None
-    return _min_max(cam_sum), None if aux_sum is None else _min_max(aux_sum)
+    def finish(direct):
+        if defer_direct == (direct is None):
+            raise ValueError("finish takes cam_fn(images) exactly when the direct pass was deferred")
+        with torch.no_grad():
+            if direct is not None:
+                cam, cam_aux = _split_maps(direct)
+                _check_maps("cam", cam, batch)
+                cam = _resize(cam, (height, width), images.device)
+                if cam_aux is not None:
+                    _check_maps("cam_aux", cam_aux, batch)
+                    cam_aux = _resize(cam_aux, (height, width), images.device)
+                if flip:
+                    assert flipped is not None
+                    cam = torch.cat([cam, flipped[0]])
+                    if cam_aux is not None:
+                        cam_aux = None if flipped[1] is None else torch.cat([cam_aux, flipped[1]])
+                direct_parts = (
+                    _merge(cam, batch, flip),
+                    None if cam_aux is None else _merge(cam_aux, batch, flip),
+                )
+            cam_sum: torch.Tensor | None = None
+            aux_sum: torch.Tensor | None = None
+            for deferred, cam, cam_aux in parts:
+                if deferred:
+                    cam, cam_aux = direct_parts
+                cam_sum = cam if cam_sum is None else cam_sum + cam
+                if cam_aux is not None:
+                    aux_sum = cam_aux if aux_sum is None else aux_sum + cam_aux
+            assert cam_sum is not None
+            return _min_max(cam_sum), None if aux_sum is None else _min_max(aux_sum)
+
+    return finish
 
 
-def _merge(
-    maps: torch.Tensor, batch: int, size: tuple[int, int], flip: bool, device: torch.device
-) -> torch.Tensor:
-    """One scale's maps (N, C, h, w) -> (B, C, H, W): resize, merge the flipped half by max, ReLU."""
+def _maps(cam_fn: CamFn, x: torch.Tensor, rows: int, size: tuple[int, int], device: torch.device):
+    """``cam_fn(x)`` checked and resized to ``size`` (float32 at least)."""
+    cam, cam_aux = _split_maps(cam_fn(x))
+    _check_maps("cam", cam, rows)
+    if cam_aux is not None:
+        _check_maps("cam_aux", cam_aux, rows)
+        cam_aux = _resize(cam_aux, size, device)
+    return _resize(cam, size, device), cam_aux
+
+
+def _resize(maps: torch.Tensor, size: tuple[int, int], device: torch.device) -> torch.Tensor:
     maps = maps.to(device=device, dtype=torch.promote_types(maps.dtype, torch.float32))
-    maps = F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
+    return F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
+
+
+def _merge(maps: torch.Tensor, batch: int, flip: bool) -> torch.Tensor:
+    """One scale's resized maps (N, C, H, W) -> (B, C, H, W): merge the flipped half by max, ReLU."""
     if flip:
         maps = torch.maximum(maps[:batch], maps[batch:].flip(-1))
     return maps.relu()
@@ -204,10 +268,9 @@ def multi_scale_cam_seg(
         cam, cam_aux, seg = returned
         for name, maps in (("cam", cam), ("cam_aux", cam_aux), ("seg_logits", seg)):
             _check_maps(name, maps, x.shape[0])
-        cam = _merge(cam, batch, (height, width), flip, images.device)
-        cam_aux = _merge(cam_aux, batch, (height, width), flip, images.device)
-        seg = seg.to(device=images.device, dtype=torch.promote_types(seg.dtype, torch.float32))
-        seg = F.interpolate(seg, size=(height, width), mode="bilinear", align_corners=False)
+        cam = _merge(_resize(cam, (height, width), images.device), batch, flip)
+        cam_aux = _merge(_resize(cam_aux, (height, width), images.device), batch, flip)
+        seg = _resize(seg, (height, width), images.device)
         if flip:
             seg = seg[:batch] + seg[batch:].flip(-1)
         cam_sum = cam if cam_sum is None else cam_sum + cam

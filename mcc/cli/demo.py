@@ -31,6 +31,7 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 
 from mcc.cam import CAMExtractor
+from mcc.cli._common import ArgumentParser, UserError, non_negative_int, positive_float, positive_int, run_cli
 from mcc.data import VOCSegmentation, VOCTrainViews, make_synthetic_voc
 from mcc.network import MCCConfig, MCCNet
 from mcc.refine import refine_cams_with_background
@@ -50,7 +51,7 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescrip
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="mcc-demo",
         description=__doc__,
         formatter_class=_HelpFormatter,
@@ -65,28 +66,35 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="synthetic data and training run (default: a temporary folder, removed at the end)",
     )
-    parser.add_argument("--num-train", type=int, default=400, help="synthetic training images")
-    parser.add_argument("--num-val", type=int, default=50, help="synthetic validation images")
-    parser.add_argument("--size", type=int, default=64, help="image side and crop size, pixels")
-    parser.add_argument("--patch", type=int, default=8, help="ViT patch size, pixels")
-    parser.add_argument("--dim", type=int, default=96, help="ViT width")
-    parser.add_argument("--depth", type=int, default=4, help="ViT blocks")
-    parser.add_argument("--heads", type=int, default=4, help="ViT attention heads")
-    parser.add_argument("--steps", type=int, default=800, help="optimiser steps")
-    parser.add_argument("--batch-size", type=int, default=8, help="images per step")
-    parser.add_argument("--lr", type=float, default=6e-4, help="encoder lr; heads x10 (released preset)")
+    parser.add_argument("--num-train", type=positive_int, default=400, help="synthetic training images")
+    parser.add_argument("--num-val", type=positive_int, default=50, help="synthetic validation images")
+    parser.add_argument("--size", type=positive_int, default=64, help="image side and crop size, pixels")
+    parser.add_argument("--patch", type=positive_int, default=8, help="ViT patch size, pixels")
+    parser.add_argument("--dim", type=positive_int, default=96, help="ViT width")
+    parser.add_argument("--depth", type=positive_int, default=4, help="ViT blocks")
+    parser.add_argument("--heads", type=positive_int, default=4, help="ViT attention heads")
+    parser.add_argument("--steps", type=positive_int, default=800, help="optimiser steps")
+    parser.add_argument("--batch-size", type=positive_int, default=8, help="images per step")
+    parser.add_argument(
+        "--lr", type=positive_float, default=6e-4, help="encoder lr; heads x10 (released preset)"
+    )
     parser.add_argument(
         "--threads",
-        type=int,
+        type=positive_int,
         default=1,
         help="torch CPU threads (more threads than free cores is much slower)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the data, the weights and the run")
-    parser.add_argument("--log-every", type=int, default=50, help="steps between log lines")
+    parser.add_argument("--log-every", type=positive_int, default=50, help="steps between log lines")
     parser.add_argument(
-        "--num-samples", type=int, default=4, help="validation images in samples.png (0: no picture)"
+        "--num-samples",
+        type=non_negative_int,
+        default=4,
+        help="validation images in samples.png (0: no picture)",
     )
-    parser.add_argument("--zoom", type=int, default=2, help="pixel repetition of the panels in samples.png")
+    parser.add_argument(
+        "--zoom", type=positive_int, default=2, help="pixel repetition of the panels in samples.png"
+    )
     return parser
 
 
@@ -179,7 +187,11 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     """Runs the demo; returns what it writes to ``<out-dir>/metrics.json`` (mIoU in percent)."""
     args = build_parser().parse_args(argv)
     if args.num_samples < 0 or args.num_samples > args.num_val:
-        raise ValueError(f"--num-samples must be in [0, --num-val = {args.num_val}], got {args.num_samples}")
+        raise UserError(f"--num-samples must be in [0, --num-val = {args.num_val}], got {args.num_samples}")
+    if args.size % args.patch:
+        raise UserError(f"--size {args.size} must be a multiple of --patch {args.patch}")
+    if args.dim % args.heads:
+        raise UserError(f"--dim {args.dim} must be a multiple of --heads {args.heads}")
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     tic = time.perf_counter()
@@ -276,8 +288,9 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """The ``mcc-demo`` command: :func:`run`, exit status 0 (the results are in ``metrics.json``)."""
-    run(argv)
+    """The ``mcc-demo`` command: :func:`run`, exit status 0 (the results are in ``metrics.json``); a user's
+    mistake: one line on stderr and status 2 (:func:`mcc.cli._common.run_cli`)."""
+    run_cli("mcc-demo", run, argv)
 
 
 if __name__ == "__main__":

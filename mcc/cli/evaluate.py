@@ -23,11 +23,17 @@ import time
 import torch
 
 from mcc.cli._common import (
+    ArgumentParser,
     HelpFormatter,
     add_data_arguments,
     add_run_arguments,
+    check_classes,
     make_crf,
+    non_negative_int,
     open_split,
+    positive_float,
+    run_cli,
+    unit_float,
     use_net_pixel_stats,
 )
 from mcc.training import (
@@ -51,12 +57,12 @@ LABELS = {
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``mcc-evaluate`` command line."""
-    parser = argparse.ArgumentParser(prog="mcc-evaluate", description=__doc__, formatter_class=HelpFormatter)
+    parser = ArgumentParser(prog="mcc-evaluate", description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--checkpoint", required=True, help="a checkpoint of mcc-train-voc / mcc-train-coco")
     add_data_arguments(parser, split="val")
     scores = parser.add_argument_group("scores")
     scores.add_argument(
-        "--scales", type=float, nargs="+", default=[1.0, 1.25, 1.5], help="segmentation scales"
+        "--scales", type=positive_float, nargs="+", default=[1.0, 1.25, 1.5], help="segmentation scales"
     )
     scores.add_argument("--no-flip", action="store_true", help="no horizontal flip in the segmentation")
     scores.add_argument(
@@ -64,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     scores.add_argument(
         "--bkg-thre",
-        type=float,
+        type=unit_float,
         nargs="+",
         default=[0.5],
         help="CAM background threshold(s); several: a sweep, scored as cam@<thre> each",
@@ -82,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     outputs.add_argument(
         "--save-vis",
-        type=int,
+        type=non_negative_int,
         default=0,
         metavar="N",
         help="write N pictures <out-dir>/vis/<id>.<fmt>: image | CAM | CAM+PAR | prediction | truth",
@@ -132,6 +138,7 @@ def run(argv: list[str] | None = None) -> dict:
     context = init_distributed(args.device, timeout_s=args.dist_timeout)
     try:
         net = net_from_checkpoint(args.checkpoint).to(context.device)
+        check_classes(dataset, net, args.data_root)
         use_net_pixel_stats(dataset, net)  # the run's image normalisation (CLIP's for CLIP)
         crf = make_crf(context.device) if args.crf else None
         cams = has_truth and not args.no_cams
@@ -196,8 +203,9 @@ def run(argv: list[str] | None = None) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console-script entry point (returns nothing, so the exit status is 0 on success)."""
-    run(argv)
+    """Console-script entry point (returns nothing, so the exit status is 0 on success; a user's mistake:
+    one line on stderr and status 2, see :func:`mcc.cli._common.run_cli`)."""
+    run_cli("mcc-evaluate", run, argv)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from mcc.cli._common import ArgumentParser, positive_float, positive_int, run_cli
 from mcc.data.synthetic_shapes import SyntheticShapes
 from mcc.training.pretrain import PretrainSettings, ViTArch, load_standin, pretrain_vit, save_standin
 
@@ -27,30 +28,48 @@ DEFAULT_OUT = "runs/pretrain/standin_vit.pt"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m mcc.cli.pretrain",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--out", default=DEFAULT_OUT, help="checkpoint to write (default: %(default)s)")
     parser.add_argument("--force", action="store_true", help="remake the checkpoint even if it exists")
-    parser.add_argument("--num-train", type=int, default=6000, help="training images (default: %(default)s)")
-    parser.add_argument("--num-val", type=int, default=500, help="held-out images (default: %(default)s)")
+    parser.add_argument(
+        "--num-train", type=positive_int, default=6000, help="training images (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--num-val", type=positive_int, default=500, help="held-out images (default: %(default)s)"
+    )
     parser.add_argument(
         "--data-seed", type=int, default=1000, help="seed of the images (default: %(default)s)"
     )
-    parser.add_argument("--size", type=int, default=64, help="image side, pixels (default: %(default)s)")
-    parser.add_argument("--patch", type=int, default=8, help="patch side, pixels (default: %(default)s)")
-    parser.add_argument("--dim", type=int, default=96, help="token width (default: %(default)s)")
-    parser.add_argument("--depth", type=int, default=4, help="blocks (default: %(default)s)")
-    parser.add_argument("--heads", type=int, default=4, help="attention heads (default: %(default)s)")
-    parser.add_argument("--steps", type=int, default=1500, help="optimiser steps (default: %(default)s)")
-    parser.add_argument("--batch-size", type=int, default=32, help="images per step (default: %(default)s)")
-    parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default: %(default)s)")
+    parser.add_argument(
+        "--size", type=positive_int, default=64, help="image side, pixels (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--patch", type=positive_int, default=8, help="patch side, pixels (default: %(default)s)"
+    )
+    parser.add_argument("--dim", type=positive_int, default=96, help="token width (default: %(default)s)")
+    parser.add_argument("--depth", type=positive_int, default=4, help="blocks (default: %(default)s)")
+    parser.add_argument(
+        "--heads", type=positive_int, default=4, help="attention heads (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--steps", type=positive_int, default=1500, help="optimiser steps (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--batch-size", type=positive_int, default=32, help="images per step (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--lr", type=positive_float, default=1e-3, help="peak learning rate (default: %(default)s)"
+    )
     parser.add_argument(
         "--seed", type=int, default=0, help="initialisation and batch order (default: %(default)s)"
     )
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: %(default)s)")
+    parser.add_argument(
+        "--threads", type=positive_int, default=1, help="torch CPU threads (default: %(default)s)"
+    )
     return parser
 
 
@@ -100,7 +119,9 @@ def _run(args: argparse.Namespace, log) -> Path:
 
 
 def main(argv: list[str] | None = None) -> Path:
-    return _run(build_parser().parse_args(argv), print)
+    """``python -m mcc.cli.pretrain``: a user's mistake is one line on stderr and exit status 2."""
+    parser = build_parser()
+    return run_cli(parser.prog, lambda: _run(parser.parse_args(argv), print))
 
 
 if __name__ == "__main__":

@@ -22,11 +22,16 @@ from pathlib import Path
 import torch
 
 from mcc.cli._common import (
+    ArgumentParser,
     HelpFormatter,
     add_data_arguments,
     add_run_arguments,
+    check_classes,
     make_crf,
     open_split,
+    positive_float,
+    run_cli,
+    unit_float,
     use_net_pixel_stats,
 )
 from mcc.training import cleanup_distributed, init_distributed, make_pseudo_labels, net_from_checkpoint
@@ -37,9 +42,7 @@ __all__ = ["build_parser", "main", "run"]
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``mcc-pseudo-labels`` command line."""
-    parser = argparse.ArgumentParser(
-        prog="mcc-pseudo-labels", description=__doc__, formatter_class=HelpFormatter
-    )
+    parser = ArgumentParser(prog="mcc-pseudo-labels", description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--checkpoint", required=True, help="a checkpoint of mcc-train-voc / mcc-train-coco")
     parser.add_argument("--out-dir", required=True, help="folder of the PNGs and metrics.json")
     add_data_arguments(parser, split="train_aug")
@@ -57,10 +60,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="give the uncertain (255) pixels of --kind train the complete label's class",
     )
     labels.add_argument(
-        "--bkg-thre", type=float, default=0.5, help="background level of the complete label (COCO: 0.45)"
+        "--bkg-thre", type=unit_float, default=0.5, help="background level of the complete label (COCO: 0.45)"
     )
     labels.add_argument(
-        "--scales", type=float, nargs="+", default=None, help="CAM scales (None: the checkpoint's cam_scales)"
+        "--scales",
+        type=positive_float,
+        nargs="+",
+        default=None,
+        help="CAM scales (None: the checkpoint's cam_scales)",
     )
     labels.add_argument("--no-flip", action="store_true", help="no horizontally flipped CAMs")
     labels.add_argument(
@@ -113,6 +120,7 @@ def run(argv: list[str] | None = None) -> dict:
     context = init_distributed(args.device, timeout_s=args.dist_timeout)
     try:
         net = net_from_checkpoint(args.checkpoint).to(context.device)
+        check_classes(dataset, net, args.data_root)
         use_net_pixel_stats(dataset, net)  # the run's image normalisation (CLIP's for CLIP)
         crf = make_crf(context.device) if args.crf else None
         tic = time.perf_counter()
@@ -138,8 +146,9 @@ def run(argv: list[str] | None = None) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console-script entry point (returns nothing, so the exit status is 0 on success)."""
-    run(argv)
+    """Console-script entry point (returns nothing, so the exit status is 0 on success; a user's mistake:
+    one line on stderr and status 2, see :func:`mcc.cli._common.run_cli`)."""
+    run_cli("mcc-pseudo-labels", run, argv)
 
 
 if __name__ == "__main__":

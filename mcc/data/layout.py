@@ -3,10 +3,11 @@
 A dataset root looks like::
 
     root/
-        JPEGImages/<id>.jpg
+        JPEGImages/<id>.jpg                (or .jpeg, .png, .bmp, .webp, .tif, .tiff; any case)
         SegmentationClassAug/<id>.png     (or SegmentationClass/; palette or grayscale PNG, 255 = ignore)
         ImageSets/Segmentation/<split>.txt
-        classes.txt                        (optional; one name per line, background first)
+        classes.txt                        (one name per line, background first; without it: the 21
+                                            PASCAL VOC names, with a warning)
 
 COCO roots written by :mod:`mcc.data.coco_to_voc` use the same layout with one rule on top: an id of the
 form ``COCO_<folder>_<digits>`` lives in the sub-folder ``<folder>`` (``train2014`` or ``val2014``) of
@@ -18,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import warnings
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
@@ -45,12 +47,15 @@ VOC_CLASSES: tuple[str, ...] = (
 )  # fmt: skip
 
 IMAGE_DIR = "JPEGImages"
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")  # and their upper case
 MASK_DIRS = ("SegmentationClassAug", "SegmentationClass")
 SPLIT_DIR = Path("ImageSets") / "Segmentation"
 CLASSES_FILE = "classes.txt"
 LABEL_CACHE_FILE = "mcc_image_labels.json"
 _COCO_ID = re.compile(r"^COCO_((?:train|val|test)20\d\d)_\d+$")
 _COCO_NUM_CLASSES = 81
+_IMAGE_SUFFIXES_ANY_CASE = tuple(dict.fromkeys(s for x in IMAGE_SUFFIXES for s in (x, x.upper())))
+LOOKED_FOR = f"looked for <id>{', <id>'.join(IMAGE_SUFFIXES)}, in lower or upper case"
 
 
 def voc_palette(num_colors: int = 256) -> list[int]:
@@ -75,11 +80,13 @@ def voc_palette(num_colors: int = 256) -> list[int]:
     return palette
 
 
-def read_class_names(root: str | os.PathLike) -> list[str]:
+def read_class_names(root: str | os.PathLike, warn: bool = False) -> list[str]:
     """Class names of a dataset root: ``root/classes.txt`` if present, else :data:`VOC_CLASSES`.
 
     Args:
         root: dataset root.
+        warn: say in a :class:`UserWarning` when the names are defaulted (no ``classes.txt``); the
+            datasets do, since a root of another label set needs its own names.
     Returns:
         names, background first; ``len(names)`` is the number of classes C (including background).
     Raises:
@@ -88,6 +95,13 @@ def read_class_names(root: str | os.PathLike) -> list[str]:
     """
     path = Path(root) / CLASSES_FILE
     if not path.is_file():
+        if warn:
+            warnings.warn(
+                f"{path} not found: using the {len(VOC_CLASSES)} PASCAL VOC class names (write classes.txt "
+                "for another label set: one name per line, background first)",
+                UserWarning,
+                stacklevel=2,  # one line per process: every dataset of the root warns from here
+            )
         return list(VOC_CLASSES)
     names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
     if len(names) < 2:
@@ -140,6 +154,11 @@ def read_split(root: str | os.PathLike, split: str, class_names: Sequence[str] |
     ids = [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
     if not ids:
         raise ValueError(f"split list {path} is empty")
+    if any("," in i or ";" in i for i in ids[:2]):
+        raise ValueError(
+            f"split list {path} starts {ids[0]!r}: a split list is one image id per line (first column, "
+            "separated by white space), not a CSV table"
+        )
     if len(set(ids)) != len(ids):
         raise ValueError(f"split list {path} repeats ids")
     return ids
@@ -260,7 +279,7 @@ class DatasetRoot:
                     f"mask folder not found: {' or '.join(str(self.root / n) for n in candidates)}"
                 )
             self.mask_dir = found[0]
-        self.class_names = read_class_names(self.root)
+        self.class_names = read_class_names(self.root, warn=True)
         self.num_classes = len(self.class_names)
         self.split = split
         self.ids = read_split(self.root, split, self.class_names)
@@ -278,7 +297,19 @@ class DatasetRoot:
         return f"{match.group(1)}/{image_id}{suffix}" if match else f"{image_id}{suffix}"
 
     def image_path(self, image_id: str) -> Path:
-        return self.image_dir / self._relative(image_id, ".jpg")
+        """The image of ``image_id``: ``<id>.jpg``, or the first of :data:`IMAGE_SUFFIXES` (any case) that
+        exists; ``<id>.jpg`` when none does (a missing file)."""
+        usual = self.image_dir / self._relative(image_id, ".jpg")
+        found = getattr(self, "_image_suffix", ".jpg")
+        path = usual if found == ".jpg" else usual.with_name(usual.stem + found)
+        if path.is_file():
+            return path
+        for suffix in _IMAGE_SUFFIXES_ANY_CASE:
+            candidate = usual.with_name(usual.stem + suffix)
+            if candidate.is_file():
+                self._image_suffix = suffix  # tried first for the next ids
+                return candidate
+        return usual
 
     def mask_path(self, image_id: str) -> Path:
         if self.mask_dir is None:
@@ -291,7 +322,7 @@ class DatasetRoot:
             image_path = self.image_path(image_id)
             if not image_path.is_file():
                 raise FileNotFoundError(
-                    f"id {image_id!r} of split {self.split!r}: image not found: {image_path}"
+                    f"id {image_id!r} of split {self.split!r}: image not found: {image_path} ({LOOKED_FOR})"
                 )
             if self.mask_dir is None:
                 continue

@@ -14,7 +14,7 @@ from mcc.cam import cosine_threshold, image_threshold, multi_scale_cam, multi_sc
 from mcc.cam import labels as cam_labels
 from mcc.cam.extractor import CamFunction
 from mcc.cam.labels import _inside, _label_from_cam
-from mcc.cam.multi_scale import resize_to_patch_multiple
+from mcc.cam.multi_scale import _deferred_multi_scale_cam, resize_to_patch_multiple
 from mcc.losses import (
     MomentumProjector,
     affinity_labels,
@@ -24,8 +24,9 @@ from mcc.losses import (
     mcc_infonce,
     positive_views,
     seg_to_cam_loss,
-    segmentation_loss,
 )
+from mcc.losses._utils import autocast_off, full_precision
+from mcc.losses.segmentation import _segmentation_loss
 from mcc.network.config import MCCConfig
 from mcc.network.decoder import LargeFOV
 from mcc.refine import PAR, gmm_noise_filter
@@ -353,20 +354,39 @@ class MCCNet(nn.Module):
             ValueError: an ``img_box`` that is not (B, 4) integer rows ``(y0, y1, x0, x1)``, non-empty and
                 inside the crop.
         """
-        cfg = self.config
-        batch = x.shape[0]
-        grid = self.encoder.grid_size(x)
-        self._check_cls_label(cls_label, batch)
-        box = None if img_box is None else cam_labels.check_img_box(img_box, batch, x.shape[-2:], x.device)
-        # The boxes are checked once; the labels below take them as masks (pixel and token units).
-        inside = None if box is None else _inside(box, x.shape[-2:])
-        token_inside = None if box is None else _inside(self._box_to_tokens(box), grid)
+        box = self._check_label_inputs(x, cls_label, img_box)
         teacher_seg = None
         if teacher is None:
             cam, cam_aux = self.multi_scale_cams(x)
         else:  # CoSA: labels from the EMA teacher, its segmentation for the seg-to-CAM loss
-            cam, cam_aux, teacher_seg = multi_scale_cam_seg(teacher.cams_and_segmentation, x, cfg.cam_scales)
-        high_thre = self.foreground_threshold(cls_label, step)
+            cam, cam_aux, teacher_seg = multi_scale_cam_seg(
+                teacher.cams_and_segmentation, x, self.config.cam_scales
+            )
+        return self._labels_from_cams(x, cls_label, box, step, cam, cam_aux, key_mask, generator, teacher_seg)
+
+    def _check_label_inputs(self, x, cls_label, img_box) -> torch.Tensor | None:
+        """The checked box of :meth:`make_labels`, checked once (a box on the host is read there, no sync)."""
+        self._check_cls_label(cls_label, x.shape[0])
+        if img_box is None:
+            return None
+        return cam_labels.check_img_box(img_box, x.shape[0], x.shape[-2:], x.device)
+
+    @torch.no_grad()
+    def _labels_from_cams(
+        self, x, cls_label, box, step, cam, cam_aux, key_mask, generator, teacher_seg=None
+    ) -> MCCLabels:
+        """:meth:`make_labels` after the multi-scale CAMs (``box``: checked by ``_check_label_inputs``)."""
+        cfg = self.config
+        batch = x.shape[0]
+        grid = self.encoder.grid_size(x)
+        # Image labels may stay on the host (as the training loop keeps them): the classes present in the
+        # batch are then read there, without a device sync.
+        host_cls_label = cls_label
+        cls_label = cls_label.to(x.device, non_blocking=True)
+        # The labels below take the box as masks (pixel and token units).
+        inside = None if box is None else _inside(box, x.shape[-2:])
+        token_inside = None if box is None else _inside(self._box_to_tokens(box), grid)
+        high_thre = self.foreground_threshold(cls_label, step)  # DuPL's dynamic threshold when set
 
         # Key masks and positiveness of the local views (Eq. 8-9) on the CAM at token resolution.
         if key_mask is None:
@@ -391,7 +411,7 @@ class MCCNet(nn.Module):
                 self.par,
                 self._par_image(x),
                 cam,
-                cls_label,
+                host_cls_label,
                 high_thre,
                 cfg.low_thre,
                 inside,
@@ -458,7 +478,12 @@ class MCCNet(nn.Module):
                 (``VOCTrainViews(strong_view=StrongAugment())`` gives it as ``strong``); needed while
                 the consistency term counts (``config.w_consistency``).
             teacher: CoSA's EMA teacher (see :meth:`make_labels`); needed with
-                ``config.ema_teacher_decay``.
+                ``config.ema_teacher_decay``. With ``fast``, no ``labels`` and no
+                ``teacher``, the label pass
+                takes the CAMs of the unflipped crop at scale 1.0 from the gradient pass (the same weights
+                on the same input, so the same labels) when nothing in the encoder is random: no dropout
+                or stochastic depth active in train mode (otherwise the two passes would draw different
+                masks, and the label pass runs on its own, as published).
 
         Returns:
             :class:`MCCLosses`.
@@ -469,23 +494,41 @@ class MCCNet(nn.Module):
         cfg = self.config
         self._check_batch(x, v1, v2, cls_label, img_box)
         self._check_options(x, step, labels, strong, teacher)
-        if labels is None:  # make_labels checks img_box
-            labels = self.make_labels(
-                x, cls_label, img_box, step, key_mask=key_mask, generator=generator, teacher=teacher
-            )
-        elif img_box is not None:
-            cam_labels.check_img_box(img_box, x.shape[0], x.shape[-2:])
-        self._check_labels(labels, x)
+        if labels is None and teacher is None and fast and self._label_pass_reuses_main(x):
+            # The label pass without its unflipped scale-1.0 pass, then the gradient pass, whose tokens of
+            # x give those CAMs (docs/method.md section 3); make_labels' checks, in its order.
+            box = self._check_label_inputs(x, cls_label, img_box)
+            finish = self._deferred_cams(x)
+            main, student_global, teacher_global = self._encode_global(x, v1)
+            with torch.no_grad():
+                direct = (
+                    self._cam(main.patches.detach(), self.classifier),
+                    self._cam(main.aux.detach(), self.aux_classifier),
+                )
+            cam, cam_aux = finish(direct)
+            labels = self._labels_from_cams(x, cls_label, box, step, cam, cam_aux, key_mask, generator)
+            self._check_labels(labels, x)
+            local = self.encoder(v2, labels.key_mask).cls
+        else:
+            if labels is None:  # make_labels checks img_box
+                labels = self.make_labels(
+                    x, cls_label, img_box, step, key_mask=key_mask, generator=generator, teacher=teacher
+                )
+            elif img_box is not None:
+                cam_labels.check_img_box(img_box, x.shape[0], x.shape[-2:])
+            self._check_labels(labels, x)
+            # Forward passes with gradient.
+            main, student_global, teacher_global, local = self._encode(x, v1, v2, labels.key_mask, fast)
         batch = x.shape[0]
-
-        # Forward passes with gradient.
-        main, student_global, teacher_global, local = self._encode(x, v1, v2, labels.key_mask, fast)
+        cls_label = cls_label.to(x.device, non_blocking=True)
 
         # Classification (Eq. 6), main and auxiliary.
         logits = self.classifier(F.adaptive_max_pool2d(main.patches, 1)).flatten(1)
         logits_aux = self.aux_classifier(F.adaptive_max_pool2d(main.aux, 1)).flatten(1)
-        loss_cls = F.multilabel_soft_margin_loss(logits, cls_label)
-        loss_cls_aux = F.multilabel_soft_margin_loss(logits_aux, cls_label)
+        with autocast_off(logits):  # the losses in float32 whatever the autocast dtype of the logits
+            target = cls_label.float()
+            loss_cls = F.multilabel_soft_margin_loss(full_precision(logits), target)
+            loss_cls_aux = F.multilabel_soft_margin_loss(full_precision(logits_aux), target)
 
         # Masked collaborative contrast (Eq. 10): teacher on global views, student on global + local.
         self.projector.update_teacher()
@@ -502,13 +545,16 @@ class MCCNet(nn.Module):
         loss_affinity = affinity_loss(main.patches, aff_label, absolute=cfg.affinity_absolute)
 
         # Segmentation against the PAR-refined pseudo label.
-        seg_logits = F.interpolate(
-            self.decoder(main.patches), size=x.shape[-2:], mode="bilinear", align_corners=False
-        )
+        seg_logits = self.decoder(main.patches)
+        with autocast_off(seg_logits):  # upsampled in float32: the logits of both losses below
+            seg_logits = F.interpolate(
+                full_precision(seg_logits), size=x.shape[-2:], mode="bilinear", align_corners=False
+            )
+        # our own pseudo label: its values need no check (which would cost a device sync per step)
         seg_label = labels.pseudo_label
         if cfg.gmm_filter_on(step):  # DuPL: drop the noisy mode of the decoder's own per-pixel loss
             seg_label = self._filter_label(seg_logits, seg_label)
-        loss_seg = segmentation_loss(seg_logits, seg_label, cfg.ignore_index)
+        loss_seg = _segmentation_loss(seg_logits, seg_label, cfg.ignore_index)
 
         # The published regularised loss on the same logits; skipped while its weight is 0.
         reg_weight = cfg.reg_weight(step)
@@ -629,16 +675,7 @@ class MCCNet(nn.Module):
     def _encode(self, x, v1, v2, key_mask, fast: bool):
         """Main tokens of x, student / teacher global class tokens (B, 2, D), local class tokens (B, V, D)."""
         if fast:
-            if v1.shape == x.shape:
-                both = self.encoder(torch.cat([x, v1]))
-                batch = x.shape[0]
-                main = both._replace(cls=both.cls[:batch], patches=both.patches[:batch], aux=both.aux[:batch])
-                cls_v1 = both.cls[batch:]
-            else:
-                main = self.encoder(x)
-                cls_v1 = self.encoder(v1).cls
-            student_global = torch.stack([main.cls, cls_v1], dim=1)
-            teacher_global = student_global.detach()
+            main, student_global, teacher_global = self._encode_global(x, v1)
             local = self.encoder(v2, key_mask).cls
         else:
             main = self.encoder(x)
@@ -647,6 +684,38 @@ class MCCNet(nn.Module):
                 teacher_global = torch.stack([self.encoder(x).cls, self.encoder(v1).cls], dim=1)
             local = self.encoder(v2, key_mask, drop_tokens=False).cls
         return main, student_global, teacher_global, local
+
+    def _encode_global(self, x, v1):
+        """The fast path's global pass: main tokens of x, student / teacher global class tokens (B, 2, D)."""
+        if v1.shape == x.shape:
+            both = self.encoder(torch.cat([x, v1]))
+            batch = x.shape[0]
+            main = both._replace(cls=both.cls[:batch], patches=both.patches[:batch], aux=both.aux[:batch])
+            cls_v1 = both.cls[batch:]
+        else:
+            main = self.encoder(x)
+            cls_v1 = self.encoder(v1).cls
+        student_global = torch.stack([main.cls, cls_v1], dim=1)
+        return main, student_global, student_global.detach()
+
+    def _deferred_cams(self, x: torch.Tensor):
+        """:meth:`multi_scale_cams` of x without the unflipped full-size pass; ``finish(cams(x))`` ends it."""
+        scales = tuple(self.config.cam_scales)
+        self._check_images(x, patch_multiple=True)
+        self._check_scaled_sizes(tuple(x.shape[-2:]), scales, "scales")
+        return _deferred_multi_scale_cam(self.cams, x, scales, True, defer_direct=True)
+
+    def _label_pass_reuses_main(self, x: torch.Tensor) -> bool:
+        """Whether the label pass can take the CAMs of x at full size from the gradient pass.
+
+        Only when they are the same computation: a CAM scale keeps x's size, and the encoder draws nothing
+        at random (dropout and stochastic depth are inactive, or have probability 0; no rotary-embedding
+        augmentation), so the two passes of the same weights on the same input agree.
+        """
+        height, width = x.shape[-2:]
+        if not any((int(s * height), int(s * width)) == (height, width) for s in self.config.cam_scales):
+            return False
+        return not _draws_at_random(self.encoder.vit)
 
     def _image_255(self, x: torch.Tensor) -> torch.Tensor:
         # RGB 0-255 of the normalised input, neither clamped nor rounded (the rloss image)
@@ -740,6 +809,18 @@ class MCCNet(nn.Module):
             raise ValueError(
                 f"img_box must have shape (B, 4) = ({x.shape[0]}, 4), got {tuple(img_box.shape)}"
             )
+
+
+def _draws_at_random(module: nn.Module) -> bool:
+    """Whether a forward of ``module`` in its current mode draws random numbers (dropout, drop path, ...)."""
+    for m in module.modules():
+        if not m.training:
+            continue
+        if isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0:
+            return True
+        if getattr(m, "drop_prob", 0.0) or getattr(m, "aug_active", False):
+            return True
+    return False
 
 
 class MCCTrainingStep(nn.Module):

@@ -112,9 +112,11 @@ def _refine(
     batch, _, height, width = images.shape
     device = images.device
     small = (height // down_scale, width // down_scale)
-    present = torch.cat([cls_label.new_ones(batch, 1), cls_label], dim=1).to(device) != 0  # (B, 1+C)
+    # Read where cls_label lives: a host cls_label (as the training loop passes it) costs no device sync.
+    present = torch.cat([cls_label.new_ones(batch, 1), cls_label], dim=1) != 0  # (B, 1+C)
     class_ids = present.any(0).nonzero()[:, 0]  # background + classes present anywhere in the batch
-    absent = ~present[:, class_ids, None, None]  # (B, K, 1, 1)
+    absent = ~present[:, class_ids, None, None].to(device, non_blocking=True)  # (B, K, 1, 1)
+    class_ids = class_ids.to(device, non_blocking=True)
     if class_ids.numel() == 1:
         # No image has a foreground class: the softmax over background alone is 1 everywhere and PAR
         # (a convex combination of neighbours) keeps it so, i.e. background at both levels.

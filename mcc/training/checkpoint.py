@@ -14,7 +14,9 @@ import torch
 
 __all__ = [
     "CheckpointError",
+    "check_resume",
     "load_checkpoint",
+    "load_model_state",
     "net_from_checkpoint",
     "rng_state",
     "save_checkpoint",
@@ -138,7 +140,9 @@ def net_from_checkpoint(
         map_location: where the tensors are loaded when ``checkpoint`` is a path.
 
     Returns:
-        the network, on ``map_location``'s device (CPU by default), in training mode.
+        the network, on ``map_location``'s device (CPU by default), in training mode. Its attribute
+        ``class_names`` holds the class names the run recorded (background first; every training command
+        records them), or None for a checkpoint that records none.
 
     Raises:
         FileNotFoundError: the file does not exist.
@@ -185,11 +189,107 @@ def net_from_checkpoint(
     )
     mean, std = _recorded_pixel_stats(extra, name)
     net = MCCNet(vit, record["num_classes"], MCCConfig(**mcc), pixel_mean=mean, pixel_std=std)
-    try:
-        net.load_state_dict(checkpoint["model"])
-    except RuntimeError as error:
-        raise CheckpointError(f"{name}: its weights do not fit the network it describes: {error}") from error
+    load_model_state(net, checkpoint["model"], f"{name}: its weights do not fit the network it describes")
+    names = extra.get("class_names")
+    valid = isinstance(names, list) and len(names) == net.num_classes + 1
+    net.class_names = [str(n) for n in names] if valid else None  # the run's classes, background first
     return net.to(map_location) if isinstance(map_location, str | torch.device) else net
+
+
+def load_model_state(net: torch.nn.Module, state_dict: dict[str, Any], what: str) -> None:
+    """``net.load_state_dict(state_dict)`` (strict); weights that do not fit raise a short error.
+
+    Raises:
+        CheckpointError: ``what``, then how many keys are missing, unexpected or of another shape, with
+            the first of each (torch's own message lists every tensor).
+    """
+    try:
+        net.load_state_dict(state_dict)
+    except RuntimeError as error:
+        own = net.state_dict()
+        missing = [k for k in own if k not in state_dict]
+        unexpected = [k for k in state_dict if k not in own]
+        shapes = [
+            f"{k} {tuple(state_dict[k].shape)} vs {tuple(v.shape)}"
+            for k, v in own.items()
+            if k in state_dict
+            and hasattr(state_dict[k], "shape")
+            and tuple(state_dict[k].shape) != tuple(v.shape)
+        ]
+        parts = [
+            f"{len(items)} {label} (first: {items[0]})"
+            for items, label in (
+                (missing, "missing"),
+                (unexpected, "unexpected"),
+                (shapes, "of another shape"),
+            )
+            if items
+        ]
+        detail = "; ".join(parts) or str(error).splitlines()[0]
+        raise CheckpointError(f"{what}: {detail}") from None
+
+
+# settings a resumed run may change without a word: where files go, how often it logs, evaluates, saves
+_RESUME_FREE = {
+    "resume", "stop_after", "work_dir", "progress", "tensorboard", "log_every", "eval_every", "eval_at_end",
+    "eval_max_images", "save_every", "save_best", "num_workers",
+}  # fmt: skip
+_NETWORK_KEYS = ("model", "model_kwargs", "crop_size")
+
+
+def check_resume(state: dict[str, Any], record: dict[str, Any], name: str) -> list[str]:
+    """Compares a checkpoint's ``config`` record with the run that resumes from it.
+
+    Args:
+        state: the checkpoint (as :func:`load_checkpoint` returns it).
+        record: the resuming run's record: ``train`` (its settings), ``mcc`` (its config), ``num_classes``
+            and ``extra`` (as :func:`~mcc.training.train` writes them into its checkpoints).
+        name: how to call the checkpoint in messages.
+
+    Returns:
+        one line per changed setting: its name, the checkpoint's value and the value the resumed run
+        uses (the run's). Settings that do not change the result (logging, evaluation and save
+        intervals, workers, where files go) are not compared.
+
+    Raises:
+        CheckpointError: the checkpoint is of another network: other classes or encoder (``extra``'s
+            ``model``, ``model_kwargs``).
+    """
+    old = state.get("config") or {}
+    old_extra, new_extra = old.get("extra") or {}, record.get("extra") or {}
+    if "num_classes" in old and old["num_classes"] != record.get("num_classes"):
+        raise CheckpointError(
+            f"{name} was trained with {old['num_classes']} foreground classes, this run has "
+            f"{record.get('num_classes')}: resume on the same dataset, or start a new run elsewhere"
+        )
+    for key in _NETWORK_KEYS[:2]:
+        if key in old_extra and key in new_extra and old_extra[key] != new_extra[key]:
+            raise CheckpointError(
+                f"{name} was trained with {key} {old_extra[key]!r}, this run builds {new_extra[key]!r}: "
+                "resume with the checkpoint's settings, or start a new run in another work directory"
+            )
+    changes = []
+    sections = (
+        ("train", "", _RESUME_FREE),
+        ("mcc", "mcc.", set()),
+        ("extra", "", {"args", *_NETWORK_KEYS[:2]}),
+    )
+    for section, prefix, free in sections:
+        before, after = old.get(section) or {}, record.get(section) or {}
+        for key in sorted(set(before) & set(after) - free):
+            a, b = _plain(before[key]), _plain(after[key])
+            if a != b:
+                changes.append(f"{prefix}{key} changed: {a!r} in the checkpoint, the resumed run uses {b!r}")
+    return changes
+
+
+def _plain(value: Any) -> Any:
+    """JSON-like form, so that tuples and lists compare equal."""
+    if isinstance(value, tuple | list):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
 
 
 def _recorded_pixel_stats(extra: dict[str, Any], name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:

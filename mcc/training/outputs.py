@@ -24,7 +24,7 @@ import torch.distributed as dist
 from PIL import Image
 from torch.utils.data import Dataset
 
-from mcc.data.layout import voc_palette
+from mcc.data.layout import LOOKED_FOR, voc_palette
 from mcc.network import MCCNet
 from mcc.training.checkpoint import replace_with_default_mode
 from mcc.training.evaluation import evaluate
@@ -165,7 +165,8 @@ def check_split_files(dataset: Dataset) -> None:
     problems = []
     if missing_images:
         problems.append(
-            f"{len(missing_images)} image(s) missing in {data.image_dir}: {_listing(missing_images)}"
+            f"{len(missing_images)} image(s) missing in {data.image_dir} ({LOOKED_FOR}): "
+            f"{_listing(missing_images)}"
         )
     if missing_masks:
         problems.append(f"{len(missing_masks)} mask(s) missing in {data.mask_dir}: {_listing(missing_masks)}")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -143,12 +145,14 @@ def build_vit(
         path = Path(pretrained_file)
         if not path.is_file():
             raise FileNotFoundError(f"pretrained_file not found: {path}")
-        model = timm.create_model(
-            timm_name, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, **options
-        )
+        with _model_options_checked(name, kwargs):
+            model = timm.create_model(
+                timm_name, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, **options
+            )
     else:
         try:
-            model = timm.create_model(timm_name, pretrained=pretrained, **options)
+            with _model_options_checked(name, kwargs):
+                model = timm.create_model(timm_name, pretrained=pretrained, **options)
         except (
             OSError
         ) as error:  # hub unreachable / offline and not cached (huggingface_hub errors are OSErrors)
@@ -163,6 +167,31 @@ def build_vit(
     if preset is not None and preset.final_norm_from_fc_norm:
         _final_norm_per_token(model)
     return model
+
+
+@contextlib.contextmanager
+def _model_options_checked(name: str, kwargs: dict):
+    """Turns timm's ``TypeError`` for a keyword the model does not take into a ``ValueError`` saying why.
+
+    A keyword of ``kwargs`` the model's class lacks is a typo of the caller; ``img_size`` (which every
+    ViT takes) lacking means the model is not a ViT.
+    """
+    try:
+        yield
+    except TypeError as error:
+        match = re.search(r"unexpected keyword argument '(\w+)'", str(error))
+        if match is None:
+            raise
+        keyword = match.group(1)
+        if keyword in kwargs:
+            raise ValueError(
+                f"{keyword}={kwargs[keyword]!r}: not an option of timm model {name!r} ({error})"
+            ) from error
+        raise ValueError(
+            f"name: {name!r} is not a ViT-family model (its class takes no {keyword!r}): MCC needs a "
+            "timm vision transformer with patch_embed and blocks, e.g. a backbone preset "
+            f"({', '.join(BACKBONE_PRESETS)}) or a name of timm.list_models('vit_*'), 'deit_*', 'eva02_*'"
+        ) from error
 
 
 def _check_img_size(model: nn.Module, img_size) -> None:
