@@ -418,7 +418,7 @@ class MCCNet(nn.Module):
             # The label pass without its unflipped scale-1.0 pass, then the gradient pass, whose tokens of
             # x give those CAMs (docs/method.md section 3); make_labels' checks, in its order.
             box = self._check_label_inputs(x, cls_label, img_box)
-            finish = self._deferred_cams(x)
+            finish = self._deferred_cams(x, cls_label)
             main, student_global, teacher_global = self._encode_global(x, v1)
             with torch.no_grad():
                 direct = (
@@ -527,12 +527,21 @@ class MCCNet(nn.Module):
         student_global = torch.stack([main.cls, cls_v1], dim=1)
         return main, student_global, student_global.detach()
 
-    def _deferred_cams(self, x: torch.Tensor):
-        """:meth:`multi_scale_cams` of x without the unflipped full-size pass; ``finish(cams(x))`` ends it."""
+    def _deferred_cams(self, x: torch.Tensor, cls_label: torch.Tensor):
+        """:meth:`multi_scale_cams` of x without the unflipped full-size pass; ``finish(cams(x))`` ends it.
+
+        With ``cls_label`` on the host (no device sync to read it), the full-size maps are made for the
+        classes present in the batch only, zeros elsewhere: every label multiplies the CAMs by
+        ``cls_label`` or takes the present classes, so the labels are the same (the step does not return
+        these CAMs).
+        """
         scales = tuple(self.config.cam_scales)
         self._check_images(x, patch_multiple=True)
         self._check_scaled_sizes(tuple(x.shape[-2:]), scales, "scales")
-        return _deferred_multi_scale_cam(self.cams, x, scales, True, defer_direct=True)
+        classes = None
+        if cls_label.device.type == "cpu":
+            classes = (cls_label != 0).any(0).nonzero()[:, 0].to(x.device, non_blocking=True)
+        return _deferred_multi_scale_cam(self.cams, x, scales, True, defer_direct=True, classes=classes)
 
     def _label_pass_reuses_main(self, x: torch.Tensor) -> bool:
         """Whether the label pass can take the CAMs of x at full size from the gradient pass.
