@@ -312,8 +312,8 @@ def multi_scale_cam_seg(
         cam, cam_aux, seg = returned
         for name, maps in (("cam", cam), ("cam_aux", cam_aux), ("seg_logits", seg)):
             _check_maps(name, maps, x.shape[0])
-        cam = _merge(_resize(cam, (height, width), images.device), batch, flip)
-        cam_aux = _merge(_resize(cam_aux, (height, width), images.device), batch, flip)
+        cam = _merge_resized(_resize(cam, (height, width), images.device), batch, flip)
+        cam_aux = _merge_resized(_resize(cam_aux, (height, width), images.device), batch, flip)
         seg = _resize(seg, (height, width), images.device)
         if flip:
             seg = seg[:batch] + seg[batch:].flip(-1)
