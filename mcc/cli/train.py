@@ -39,7 +39,7 @@ from mcc.cli._common import (
     run_cli,
     unit_float,
 )
-from mcc.data import TagImages, TagTrainViews, VOCSegmentation, VOCTrainViews, read_tags
+from mcc.data import StrongAugment, TagImages, TagTrainViews, VOCSegmentation, VOCTrainViews, read_tags
 from mcc.data.transforms import pixel_stats
 from mcc.network import MCCConfig, MCCNet
 from mcc.schedule import scaled_warmup_iters
@@ -580,6 +580,8 @@ def _main(dataset: str, argv: list[str] | None = None) -> None:
         for dataset_ in (train_set, val_set):
             if dataset_ is not None:
                 dataset_.mean, dataset_.std = mean, std
+        if config.w_consistency:  # DuPL's consistency term needs its strong view of every crop
+            train_set.strong_view = StrongAugment()
         try:
             net = MCCNet(vit, train_set.num_foreground_classes, config, pixel_mean=mean, pixel_std=std)
         except ValueError as error:

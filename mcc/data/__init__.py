@@ -3,6 +3,7 @@
 from mcc.data.coco import coco_to_voc
 from mcc.data.datasets import VOCSegmentation, VOCTrainViews, seed_worker
 from mcc.data.layout import IGNORE_INDEX, VOC_CLASSES, read_class_names, read_split, voc_palette
+from mcc.data.strong_view import StrongAugment
 from mcc.data.synthetic_voc import SYNTHETIC_CLASSES, make_synthetic_voc
 from mcc.data.tags import (
     ImageTags,
@@ -32,6 +33,7 @@ __all__ = [
     "read_classes_file",
     "seed_worker",
     "PhotometricAugment",
+    "StrongAugment",
     "CropGeometry",
     "normalize",
     "denormalize",

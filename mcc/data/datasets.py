@@ -11,6 +11,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from mcc.data.layout import IGNORE_INDEX, DatasetRoot, read_image, read_mask
+from mcc.data.strong_view import StrongAugment
 from mcc.data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -148,9 +149,13 @@ class TrainViews(Dataset):
         seed: int | None,
         mean: tuple[float, float, float],
         std: tuple[float, float, float],
+        strong_view: StrongAugment | None = None,
     ) -> None:
         """Checks and stores the view settings (the arguments of :class:`VOCTrainViews` of that name)."""
         self.mean, self.std = pixel_stats(mean, std)
+        if strong_view is not None and not callable(strong_view):
+            raise ValueError(f"strong_view: expected a StrongAugment or None, got {type(strong_view)}")
+        self.strong_view = strong_view
         if crop_size <= 0:
             raise ValueError(f"crop_size: expected a positive int, got {crop_size}")
         if global_size is not None and global_size <= 0:
@@ -213,7 +218,8 @@ class TrainViews(Dataset):
             image.height, image.width, self.crop_size, self.scale_range, self.flip_p, generator
         )
         region = geometry.crop(image, Image.Resampling.BILINEAR)
-        x = geometry.paste(self._finish(region, self.x_photometric, x_gen))
+        x_region = region if self.x_photometric is None else self.x_photometric(region, x_gen)
+        x = geometry.paste(normalize(x_region, self.mean, self.std))
         v2 = geometry.paste(self._finish(region, self.v2_photometric, v2_gen))
 
         top, left, height, width = sample_resized_crop(
@@ -236,6 +242,11 @@ class TrainViews(Dataset):
             "cls_label": torch.from_numpy(self.labels[index]),
             "img_box": torch.tensor(geometry.box, dtype=torch.long),
         }
+        if self.strong_view is not None:
+            # drawn last, so the other views do not depend on whether this one is made
+            strong_gen = torch.Generator().manual_seed(int(torch.randint(2**62, (), generator=generator)))
+            strong = normalize(self.strong_view(x_region, strong_gen), self.mean, self.std)
+            sample["strong"] = geometry.paste(strong).flip(-1)  # DuPL's strong view is always mirrored
         return sample, geometry
 
     def __getitem__(self, index: int) -> dict:
@@ -279,6 +290,10 @@ class VOCTrainViews(TrainViews, _RootDataset):
             labels during training and for tests; never a training signal in weak supervision).
         mask_dir, validate, mean, std: as in :class:`VOCSegmentation` (default ImageNet's statistics;
             pass the backbone's, the same as :class:`~mcc.MCCNet`'s ``pixel_mean``/``pixel_std``).
+        strong_view: DuPL's strong perturbation (:class:`~mcc.data.StrongAugment`), or None. When set,
+            each sample also holds ``strong``: ``x`` (after its photometric changes) perturbed by it,
+            pasted like ``x`` and then mirrored as a whole (DuPL flips every strong view), the input of
+            the consistency term (``MCCConfig.w_consistency``).
 
     A sample is a dict:
 
@@ -286,6 +301,7 @@ class VOCTrainViews(TrainViews, _RootDataset):
     * ``v1``: (3, global_size, global_size) float32, normalised with ``mean``/``std``;
     * ``cls_label``: (C - 1,) float32, multi-hot over foreground classes;
     * ``img_box``: (4,) int64, ``(y0, y1, x0, x1)``: rows/columns of the crop covered by the image;
+    * with ``strong_view``: ``strong``, (3, crop_size, crop_size) float32, normalised, mirrored;
     * ``id``: str; with ``return_mask``: ``mask``, (crop_size, crop_size) int64, 255 outside the box.
     """
 
@@ -308,6 +324,7 @@ class VOCTrainViews(TrainViews, _RootDataset):
         validate: bool = True,
         mean: tuple[float, float, float] = IMAGENET_MEAN,
         std: tuple[float, float, float] = IMAGENET_STD,
+        strong_view: StrongAugment | None = None,
     ) -> None:
         self._init_views(
             crop_size=crop_size,
@@ -321,6 +338,7 @@ class VOCTrainViews(TrainViews, _RootDataset):
             seed=seed,
             mean=mean,
             std=std,
+            strong_view=strong_view,
         )
         self.data = DatasetRoot(root, split, mask_dir=mask_dir, validate=validate)
         self.labels = self.data.image_labels()

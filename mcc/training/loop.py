@@ -21,7 +21,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 
 from mcc.data import seed_worker
-from mcc.network import MCCConfig, MCCNet, MCCTrainingStep
+from mcc.network import MCCConfig, MCCLosses, MCCNet, MCCTrainingStep
 from mcc.schedule import poly_warmup_lr, scaled_warmup_iters
 from mcc.training.checkpoint import (
     check_resume,
@@ -38,7 +38,7 @@ from mcc.training.sampler import StepBatchSampler
 
 __all__ = ["TrainResult", "TrainSettings", "resolve_resume", "schedule_warnings", "train"]
 
-LOSS_NAMES = ("total", "cls", "cls_aux", "affinity", "mcc", "seg", "reg", "positive_rate")
+LOSS_NAMES = MCCLosses._fields  # total, cls, ..., seg, reg, consistency, seg_to_cam, positive_rate
 
 
 @dataclass(frozen=True)
@@ -211,6 +211,26 @@ def schedule_warnings(config: MCCConfig, settings: TrainSettings) -> list[str]:
     return lines
 
 
+def make_ema_teacher(net: MCCNet) -> torch.optim.swa_utils.AveragedModel | None:
+    """CoSA's EMA teacher of ``net`` when ``net.config.ema_teacher_decay`` is set, else None.
+
+    ``AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(decay))``, its first ``update_parameters``
+    called here (it copies ``net``); call ``update_parameters(net)`` after every optimiser step and pass
+    ``.module`` as the training step's ``teacher``. Parameters only are averaged, as CoSA does; unlike
+    CoSA, whose teacher heads start from their own random initialisation and average from the first
+    step, the teacher starts as a copy of ``net``.
+    """
+    decay = net.config.ema_teacher_decay
+    if decay is None:
+        return None
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    teacher = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(decay))
+    teacher.update_parameters(net)
+    teacher.requires_grad_(False)
+    return teacher
+
+
 def _mask_seed(seed: int, step: int, micro_batch: int) -> int:
     # Key masks are a pure function of (seed, step, global micro-batch): resumable and rank-count invariant.
     return int(np.random.SeedSequence([seed, step, micro_batch]).generate_state(1, np.uint64)[0] >> 1)
@@ -266,6 +286,7 @@ def _micro_step(
     device_type: str,
     scaler: torch.amp.GradScaler | None = None,
     sync: bool = True,
+    teacher: torch.nn.Module | None = None,
 ):
     """Forward under autocast, backward outside it (as the autocast documentation prescribes).
 
@@ -287,6 +308,8 @@ def _micro_step(
                 step,
                 key_mask=key_mask,
                 fast=fast,
+                strong=micro.get("strong"),
+                teacher=teacher,
             )
         total = losses.total.float() / parts if parts > 1 else losses.total.float()
         (scaler.scale(total) if scaler is not None else total).backward()
@@ -481,6 +504,7 @@ def train(
     }
 
     start_step, best = 0, None
+    ema_teacher = make_ema_teacher(net)
     resume_path = resolve_resume(settings.resume, work_dir)
     if resume_path is not None:
         state = load_checkpoint(resume_path, map_location="cpu")
@@ -491,6 +515,8 @@ def train(
                 log(f"warning: resume: {line}")
                 warnings.warn(f"resume: {line}", UserWarning, stacklevel=2)
         load_model_state(net, state["model"], f"resume: checkpoint {resume_path} does not fit this network")
+        if ema_teacher is not None and "ema_teacher" in state:
+            ema_teacher.load_state_dict(state["ema_teacher"])
         optimizer.load_state_dict(state["optimizer"])
         rank_states = state.get("rng_ranks") or [state["rng"]]
         if len(rank_states) == context.world_size:
@@ -546,7 +572,9 @@ def train(
         return states
 
     def checkpoint_state(done: int, rank_states: list[dict[str, Any]]) -> dict[str, Any]:
+        extra = {} if ema_teacher is None else {"ema_teacher": ema_teacher.state_dict()}
         return {
+            **extra,
             "model": net.state_dict(),
             "optimizer": optimizer.state_dict(),
             "step": done,
@@ -676,6 +704,7 @@ def train(
                     device_type=device.type,
                     scaler=scaler,
                     sync=not context.distributed or index == accumulation - 1,
+                    teacher=None if ema_teacher is None else ema_teacher.module,
                 )
                 terms = torch.stack([t.detach().double() for t in losses])  # on the device: no copy
                 sums = terms if sums is None else sums + terms
@@ -684,6 +713,8 @@ def train(
                 scaler.update()
             else:
                 optimizer.step()
+            if ema_teacher is not None:  # CoSA: the teacher follows every optimiser step
+                ema_teacher.update_parameters(net)
             pending.append((step, lr, sums / accumulation))
             done = step + 1
             result.step = done

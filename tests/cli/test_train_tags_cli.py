@@ -152,3 +152,20 @@ def test_tags_vs_voc_script_in_miniature(tmp_path, capsys, monkeypatch):
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["max_weight_difference"] == 0.0 and result["tags_seg_miou"] == result["voc_seg_miou"]
     assert result["num_val"] == 2 and 0 <= result["all_background_miou"] <= 100
+
+
+def test_pseudo_labels_of_tagged_images(synthetic, tagged, tmp_path):
+    """make_pseudo_labels takes TagImages: pseudo labels for a second stage need no VOC layout either."""
+    from mcc.data import TagImages, read_tags
+    from mcc.training import make_pseudo_labels, net_from_checkpoint, read_label_png
+
+    _, checkpoint = synthetic
+    photos, tags, classes = tagged
+    net = net_from_checkpoint(checkpoint)
+    dataset = TagImages(read_tags(tags, photos, classes))
+    record = make_pseudo_labels(net, dataset, tmp_path / "pl", scales=(1.0,))
+    assert record["written"] == 4 and "scores" not in record  # no masks: nothing to score
+    for image_id, label in zip(dataset.ids, dataset.labels):
+        values = set(read_label_png(tmp_path / "pl" / f"{image_id}.png").ravel().tolist())
+        allowed = {0, *(1 + i for i in range(len(label)) if label[i])}  # background and the image's tags
+        assert values <= allowed
