@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-fast demo ablation lint bench clean
+.PHONY: install test test-fast gpu-check demo ablation lint bench clean
 
 install: $(STAMP)
 
@@ -21,6 +21,13 @@ test: install
 
 test-fast: install
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "not slow"
+
+# Every CUDA measurement of docs/benchmarks.md in one run (< 8 min on one GPU): the CUDA tests
+# (pytest -m cuda), then the benchmarks; one JSON line each, also in runs/gpu-check/. Without CUDA it says
+# so and exits 0. GPU_CHECK_ARGS=--dry-run starts every command without running it (tested in CI).
+GPU_CHECK_ARGS ?=
+gpu-check: install
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/gpu_check.py $(GPU_CHECK_ARGS)
 
 demo: install
 	HF_HUB_OFFLINE=1 $(BIN)/python examples/demo.py

@@ -280,8 +280,10 @@ class KeyMaskedViT(nn.Module):
         n_prefix = self.num_prefix_tokens
         flat = views.reshape(rows, num_patches)
         kept = num_patches - flat.sum(dim=1)  # (rows,)
-        longest = int(kept.max())  # the one host sync of this path: the padded length
+        # The one host sync of this path: the padded length and the number of packed tokens.
+        longest, packed = (int(v) for v in torch.stack([kept.max(), kept.sum()]).tolist())
         length = n_prefix + longest
+        packed += rows * n_prefix
         # Kept patch indices first, in their original order (a stable sort puts False before True).
         order = torch.sort(flat.to(torch.uint8), dim=1, stable=True).indices[:, :longest]
         column = torch.arange(length, device=flat.device)
@@ -291,7 +293,11 @@ class KeyMaskedViT(nn.Module):
         source = torch.cat(
             [column[:n_prefix].expand(rows, -1), n_prefix + image[:, None] * num_patches + order], dim=1
         )
-        index = (~padding).flatten().nonzero().squeeze(1)  # flat slot of each packed token
+        # Flat slot of each packed token: row r holds n_prefix + kept[r] tokens from slot r * length on.
+        sizes = n_prefix + kept
+        starts = torch.cumsum(sizes, dim=0) - sizes  # first packed token of each row
+        row = torch.repeat_interleave(torch.arange(rows, device=flat.device), sizes, output_size=packed)
+        index = row * length + torch.arange(packed, device=flat.device) - starts[row]
         table = torch.cat([prefix[0], patches.reshape(batch * num_patches, -1)], dim=0)
         x = self._start(table.index_select(0, source.flatten().index_select(0, index)))
         packing = (index, rows, length)
@@ -299,7 +305,6 @@ class KeyMaskedViT(nn.Module):
             block_rope = _gather_rope(self._block_rope(rope, block_index), order)
             x = self._block(block_index, x, padding, packing, block_rope)
         # Each view's class token is its first packed token.
-        starts = torch.cumsum(n_prefix + kept, dim=0) - (n_prefix + kept)
         cls = self.vit.norm(x.index_select(0, starts))
         return cls.reshape(batch, num_views, -1)
 

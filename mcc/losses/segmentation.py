@@ -45,6 +45,12 @@ def segmentation_loss(logits: torch.Tensor, label: torch.Tensor, ignore_index: i
         raise ValueError(
             f"`label` has values outside [0, {num_classes}) other than ignore_index={ignore_index}"
         )
+    return _segmentation_loss(logits, label, ignore_index)
+
+
+def _segmentation_loss(logits: torch.Tensor, label: torch.Tensor, ignore_index: int) -> torch.Tensor:
+    """:func:`segmentation_loss` on checked arguments (no value check: no host sync)."""
+    label = label.long()
     with autocast_off(logits):
         ce = F.cross_entropy(full_precision(logits), label, ignore_index=ignore_index, reduction="none")
         background = label == 0

@@ -7,7 +7,7 @@ from numbers import Real
 
 import torch
 
-from mcc.refine.permutohedral import PermutohedralLattice
+from mcc.refine.permutohedral import PermutohedralLattice, _no_autocast
 
 __all__ = ["bilateral_filter", "bilateral_features"]
 
@@ -61,8 +61,10 @@ def bilateral_filter(
     as is, not normalised: about 0.43-0.60 times the exact sum above, with a relative error of 0.14-0.22
     (Frobenius norm of the filter matrix, measured on small images in ``tests/refine/test_bilateral.py``).
 
-    Each image has its own lattice; all channels share it. Runs on any device; float64 inputs are
-    computed in float64 (for tests), anything else in float32.
+    Each image has its own lattice; all channels share it; on CUDA the whole batch is one computation
+    (on the CPU one image after the other, faster there, with the same result). Runs on any device;
+    float64 inputs are computed in float64 (for tests), anything else in float32, also under autocast
+    (the result is then the float32 one). Two host syncs per lattice set-up, none in the filter.
 
     Args:
         image: guide image, RGB in 0-255, shape (B, 3, H, W), float.
@@ -105,15 +107,31 @@ def bilateral_filter(
         )
     sigma_rgb = _check_sigma("sigma_rgb", sigma_rgb)
     sigma_xy = _check_sigma("sigma_xy", sigma_xy)
-    if not bool(torch.isfinite(image).all()):
-        raise ValueError("image must be finite")
 
+    if image.device.type == "cpu" and batch > 1:
+        # On the CPU one image at a time is faster (its lattice stays in cache) and gives the same bits.
+        return torch.cat(
+            [_filter(image[i : i + 1], values[i : i + 1], sigma_rgb, sigma_xy) for i in range(batch)]
+        )
+    return _filter(image, values, sigma_rgb, sigma_xy)
+
+
+def _filter(image: torch.Tensor, values: torch.Tensor, sigma_rgb: float, sigma_xy: float) -> torch.Tensor:
+    """The whole batch as one computation (checked arguments)."""
+    batch, channels, height, width = values.shape
     dtype = torch.float64 if values.dtype == torch.float64 else torch.float32
-    features = bilateral_features(image.detach().to(dtype), sigma_rgb, sigma_xy)
-    lattice = PermutohedralLattice(features)
-    flat = values.to(dtype).permute(0, 2, 3, 1).reshape(batch, height * width, channels)
-    out = lattice.filter(flat)
-    return out.view(batch, height, width, channels).permute(0, 3, 1, 2).contiguous()
+    with _no_autocast(image.device):
+        features = bilateral_features(image.detach().to(dtype), sigma_rgb, sigma_xy)
+        try:
+            # The lattice checks the features' finiteness in the one host sync its set-up needs.
+            lattice = PermutohedralLattice(features)
+        except ValueError as error:
+            if "finite" in str(error):
+                raise ValueError("image must be finite") from None
+            raise
+        flat = values.to(dtype).permute(0, 2, 3, 1).reshape(batch, height * width, channels)
+        out = lattice.filter(flat)
+        return out.view(batch, height, width, channels).permute(0, 3, 1, 2).contiguous()
 
 
 def _describe(value: object) -> str:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import math
+
 import numpy as np
 import torch
 
@@ -15,6 +18,8 @@ _UNARIES = ("softmax", "logits", "energy")
 _BACKENDS = ("pydensecrf", "torch")
 _KERNELS = ("const", "diag", "full")
 _NORMALIZATIONS = ("none", "before", "after", "symmetric")
+# Image sizes whose spatial lattice a DenseCRF keeps (VOC has a handful of common sizes).
+_CACHED_SIZES = 4
 
 
 class DenseCRF:
@@ -279,10 +284,9 @@ class DenseCRF:
             energy = scores
         return energy.float()
 
-    def _torch_kernel(self, features: torch.Tensor, weight: float):
-        """One Potts term: a function Q (B, N, C) -> w * n * K(n * Q) (pydensecrf subtracts its negative)."""
-        lattice = PermutohedralLattice(features)
-        norm = lattice.filter(features.new_ones(*features.shape[:2], 1))
+    def _normalized(self, lattice: PermutohedralLattice, weight: float) -> PermutohedralLattice:
+        """One Potts term's lattice: Q -> w * n * K(n * Q) (pydensecrf subtracts its negative)."""
+        norm = lattice.filter(lattice._splat_weight.new_ones(lattice.batch_size, lattice.num_pixels, 1))
         if self.normalization == "none":
             # pydensecrf computes a constant for this case but its filter never applies it.
             before = after = torch.ones_like(norm)
@@ -293,23 +297,113 @@ class DenseCRF:
             before = scaled if self.normalization in ("symmetric", "before") else torch.ones_like(norm)
             after = scaled if self.normalization in ("symmetric", "after") else torch.ones_like(norm)
         # The normalisation and the Potts weight go into the splat and slice weights, once.
-        return lattice.scaled(before[..., 0], after[..., 0] * weight).filter
+        return lattice.scaled(before[..., 0], after[..., 0] * weight)
+
+    def _gaussian(self, height: int, width: int, device: torch.device) -> PermutohedralLattice:
+        """The smoothness kernel's lattice: it depends only on the image size, so it is built once per
+        size (a few recent sizes are kept) and shared by every image of a batch."""
+        key = (height, width, str(device))
+        cache = self.__dict__.setdefault("_gaussian_cache", {})
+        if key not in cache:
+            grid = torch.zeros(1, 3, height, width, device=device)
+            features = bilateral_features(grid, 1.0, self.pos_xy_std)[..., :2].contiguous()
+            lattice = self._normalized(PermutohedralLattice(features).reordered(), self.pos_w)
+            while len(cache) >= _CACHED_SIZES:
+                cache.pop(next(iter(cache)))
+            cache[key] = lattice
+        return cache[key]
+
+    def _buffers(self, shapes: dict[str, tuple[int, ...]], device: torch.device) -> dict[str, torch.Tensor]:
+        """Float32 buffers of the given shapes, reused from the previous call when they match.
+
+        On the CPU, fresh memory for the dozen large buffers of a call costs page faults (about a tenth
+        of a VOC-size call); reusing them keeps the last call's buffers (~100 MB at VOC size) alive.
+        """
+        held = self.__dict__.setdefault("_held_buffers", {})
+        buffers = {}
+        for name, shape in shapes.items():
+            buffer = held.get(name)
+            if buffer is None or tuple(buffer.shape) != shape or buffer.device != device:
+                buffer = torch.empty(shape, dtype=torch.float32, device=device)
+            buffers[name] = buffer
+        if device.type == "cpu":
+            self._held_buffers = buffers
+        return buffers
 
     def _torch_inference(self, images: torch.Tensor, probs: torch.Tensor, steps: int) -> torch.Tensor:
         batch, num_classes, height, width = probs.shape
-        unary = self._torch_unary(probs.detach().reshape(batch, num_classes, -1)).transpose(1, 2)  # (B, N, C)
-        image = images.to(torch.float32)
-        with torch.no_grad():
-            gaussian = bilateral_features(image, 1.0, self.pos_xy_std)[..., :2].contiguous()
-            bilateral = bilateral_features(image, self.bi_rgb_std, self.bi_xy_std)
-            messages = [self._torch_kernel(gaussian, self.pos_w), self._torch_kernel(bilateral, self.bi_w)]
-            q = torch.softmax(-unary, dim=-1)
+        if probs.device.type == "cpu" and batch > 1:
+            # On the CPU one image at a time is faster (the lattices and Q stay in cache; measured 1.5x
+            # per image at VOC size) and gives the same bits; on CUDA the batch is one computation.
+            return torch.cat(
+                [self._torch_batched(images[i : i + 1], probs[i : i + 1], steps) for i in range(batch)]
+            )
+        return self._torch_batched(images, probs, steps)
+
+    def _torch_batched(self, images: torch.Tensor, probs: torch.Tensor, steps: int) -> torch.Tensor:
+        """Mean-field inference on the whole batch as one computation (no loop over images)."""
+        batch, num_classes, height, width = probs.shape
+        pixels = height * width
+        device = probs.device
+        with torch.no_grad(), _no_autocast(device):
+            # Pixel-major (N, B, C): the spatial lattice (one image) filters it as (N, B*C), the bilateral
+            # one (every image its own points) as (N*B, C); neither needs a copy per iteration.
+            unary = self._torch_unary(probs.detach().reshape(batch, num_classes, pixels))
+            gaussian = self._gaussian(height, width, device)
+            features = bilateral_features(images.to(torch.float32), self.bi_rgb_std, self.bi_xy_std)
+            bilateral = self._normalized(PermutohedralLattice(features), self.bi_w).interleaved()
+            # Q and the kernels' outputs carry `width` >= C channels: the extra ones hold Q = 0 (energy
+            # -inf), so they add nothing anywhere; 24 channels instead of 21 make the CPU's sparse products
+            # about 1.2x faster (rows of 96 bytes) with the same bits in the real channels.
+            channels = _padded_channels(num_classes)
+            rows = (pixels, batch * channels)
+            buffers = self._buffers(
+                {
+                    "neg_unary": (pixels, batch, channels),
+                    "q": (pixels, batch, channels),
+                    "energy": (pixels, batch, channels),
+                    **{f"g{i}": (gaussian.num_points + 1, batch * channels) for i in range(2)},
+                    **{f"b{i}": (bilateral.num_points + 1, channels) for i in range(2)},
+                },
+                device,
+            )
+            neg_unary, q, energy = buffers["neg_unary"], buffers["q"], buffers["energy"]
+            torch.neg(unary.permute(2, 0, 1), out=neg_unary[..., :num_classes])
+            neg_unary[..., num_classes:] = -math.inf
+            gaussian_work = [buffers[f"g{i}"] for i in range(2)]
+            bilateral_work = [buffers[f"b{i}"] for i in range(2)]
+            _softmax(neg_unary, q)
             for _ in range(steps):
-                energy = -unary
-                for message in messages:
-                    energy = energy + message(q)
-                q = torch.softmax(energy, dim=-1)
-        return q.transpose(1, 2).reshape(batch, num_classes, height, width).contiguous()
+                # energy = (-unary + smooth) + appearance: each slice adds its result to energy in place.
+                energy.copy_(neg_unary)
+                gaussian.filter_rows(q.view(rows), out=energy.view(rows), work=gaussian_work, accumulate=True)
+                bilateral.filter_rows(
+                    q.view(pixels * batch, channels),
+                    out=energy.view(pixels * batch, channels),
+                    work=bilateral_work,
+                    accumulate=True,
+                )
+                _softmax(energy, q)
+            marginals = q[..., :num_classes].permute(1, 2, 0).reshape(batch, num_classes, height, width)
+            return marginals.clone(memory_format=torch.contiguous_format)
+
+
+def _padded_channels(num_classes: int) -> int:
+    """Channels the torch backend computes with: C rounded up to a multiple of 8 when that adds at most
+    a sixth (e.g. 21 -> 24), else C."""
+    padded = -(-num_classes // 8) * 8
+    return padded if 6 * (padded - num_classes) <= num_classes else num_classes
+
+
+def _softmax(x: torch.Tensor, out: torch.Tensor) -> None:
+    torch.ops.aten._softmax.out(x, -1, False, out=out)
+
+
+def _no_autocast(device: torch.device):
+    try:
+        return torch.autocast(device_type=device.type, enabled=False)
+    except RuntimeError:  # a device type autocast does not know: nothing to disable
+        return contextlib.nullcontext()
 
 
 def _describe(value: object) -> str:

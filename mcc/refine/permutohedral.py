@@ -21,23 +21,44 @@ its output is the same to the last bit on the CPU (see ``docs/crf.md``):
   inserts the lattice points of its padding lanes (all-zero feature vectors); they receive no splat but
   take part in the blur. ``simd_padding=True`` reproduces that.
 
-The lattice is built once from the features (sort-based: ``torch.unique`` with ``return_inverse``, so
-the result does not depend on thread timing) and :meth:`PermutohedralLattice.filter` can then be applied
-to any number of value channels, e.g. at every mean-field iteration of a dense CRF.
+The lattice is built once from the features by one stable sort of the vertex keys (so the result does
+not depend on thread timing; the order of the lattice points changes no sum) and
+:meth:`PermutohedralLattice.filter` can then be applied to any number of value channels, e.g. at every
+mean-field iteration of a dense CRF. Building costs two host synchronisations (the key range, with the
+finiteness check, and the number of points); filtering costs none. The lattice always computes in its
+own dtype (float32 or float64), with autocast disabled.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import warnings
 
+import numpy as np
 import torch
 
 __all__ = ["PermutohedralLattice"]
 
 # Each image's lattice points are looked up by one int64 key; the batch index is its most significant part.
 _INT64_LIMIT = 2**62
+
+
+def _no_autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    try:
+        return torch.autocast(device_type=device.type, enabled=False)
+    except RuntimeError:  # a device type autocast does not know: nothing to disable
+        return contextlib.nullcontext()
+
+
+def _csr(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    # 32-bit indices where they fit: the CPU product (MKL) would otherwise convert them at every call.
+    if max(size[1], col.numel()) < 2**31:
+        crow, col = crow.to(torch.int32), col.to(torch.int32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "sparse CSR support is in beta"
+        return torch.sparse_csr_tensor(crow, col, values, size=size)
 
 
 class PermutohedralLattice:
@@ -71,25 +92,28 @@ class PermutohedralLattice:
         batch, num_pixels, dim = features.shape
         if batch < 1 or num_pixels < 1 or dim < 1:
             raise ValueError(f"features must have B, N, d >= 1, got shape {tuple(features.shape)}")
-        if not bool(torch.isfinite(features).all()):
-            raise ValueError("features must be finite")
         self.batch_size, self.num_pixels, self.dim = batch, num_pixels, dim
         self.dtype, self.device = features.dtype, features.device
-        with torch.no_grad():
+        # Value rows: pixel n of image b is row b * N + n ("image-major"), or n * B + b once interleaved.
+        self._interleaved = False
+        with torch.no_grad(), _no_autocast(self.device):
             self._build(features.detach(), simd_padding)
 
     def _constants(self) -> tuple[torch.Tensor, float, float]:
-        """Feature scale (d,), 1/(d+1) and alpha, rounded to float32 where the C++ code rounds them."""
+        """Feature scale (d,), 1/(d+1) and alpha, rounded to float32 where the C++ code rounds them.
+
+        Computed on the host with numpy scalars (IEEE arithmetic in the lattice's precision), so that
+        building the lattice reads nothing back from the device for them.
+        """
         d = self.dim
-        single = self.dtype == torch.float32
+        real = np.float32 if self.dtype == torch.float32 else np.float64
         inv_std_dev = math.sqrt(2.0 / 3.0) * (d + 1)
-        if single:
-            inv_std_dev = float(torch.tensor(inv_std_dev, dtype=torch.float32))
+        if self.dtype == torch.float32:
+            inv_std_dev = float(np.float32(inv_std_dev))
         scale = [1.0 / math.sqrt((i + 2) * (i + 1)) * inv_std_dev for i in range(d)]
         scale_t = torch.tensor(scale, dtype=self.dtype, device=self.device)
-        inv_dplus1 = float(torch.tensor(1.0 / (d + 1), dtype=self.dtype))
-        one = torch.tensor(1.0, dtype=self.dtype)
-        alpha = float(one / (one + torch.tensor(2.0**-d, dtype=self.dtype)))
+        inv_dplus1 = float(real(1.0 / (d + 1)))
+        alpha = float(real(1.0) / (real(1.0) + real(2.0**-d)))
         return scale_t, inv_dplus1, alpha
 
     def _build(self, features: torch.Tensor, simd_padding: bool) -> None:
@@ -98,66 +122,36 @@ class PermutohedralLattice:
         pad = (-num_pixels) % 4 if simd_padding else 0
         if pad:
             features = torch.cat([features, features.new_zeros(batch, pad, d)], dim=1)
+        padded = num_pixels + pad
+        lanes = batch * padded
         scale, inv_dplus1, self._alpha = self._constants()
+        # Coordinate-major (d, B*Np): every step below is a contiguous pass over all pixels of all images.
+        coords = features.reshape(lanes, d).t().contiguous()
 
         # Elevate onto the hyperplane sum = 0 of R^{d+1} (Adams et al. 2010, p. 5), coordinate d down to 1.
-        elevated = features.new_empty(*features.shape[:2], d + 1)
-        running = features.new_zeros(features.shape[:2])
+        elevated = coords.new_empty(d + 1, lanes)
+        running = coords.new_zeros(lanes)
         for j in range(d, 0, -1):
-            scaled = features[..., j - 1] * scale[j - 1]
-            elevated[..., j] = running - scaled * float(j)
+            scaled = coords[j - 1] * scale[j - 1]
+            torch.sub(running, scaled * float(j), out=elevated[j])
             running = running + scaled
-        elevated[..., 0] = running
+        elevated[0] = running
 
         # Nearest 0-coloured lattice point; torch.round rounds half to even like the SSE conversion.
         rounded = torch.round(elevated * inv_dplus1)
         rem0 = rounded * float(d + 1)
-        coord_sum = rounded.sum(-1).to(torch.int64)
 
-        # rank[i]: for each pair i < j, i gains 1 if diff_i < diff_j, else j gains 1 (ties go to j).
-        diff = elevated - rem0
-        less = diff.unsqueeze(-1) < diff.unsqueeze(-2)  # less[..., i, j] = diff_i < diff_j
-        upper = torch.ones(d + 1, d + 1, dtype=torch.bool, device=device).triu(1)
-        rank = (less & upper).sum(-1) + (~less & upper).sum(-2)
-        rank = rank + coord_sum.unsqueeze(-1)
-        wrap = (rank < 0).to(torch.int64) * (d + 1) - (rank >= d + 1).to(torch.int64) * (d + 1)
-        rank = rank + wrap
-        rem0 = rem0 + wrap.to(dtype)
-
-        # Barycentric weights (p. 10): slot p = v[rank d-p] - v[rank d-p+1], slot 0 wraps around.
-        offsets = (elevated - rem0) * inv_dplus1
-        by_rank = torch.zeros_like(offsets).scatter_(-1, rank, offsets)
-        weights = torch.empty_like(offsets)
-        weights[..., 0] = by_rank[..., d] + (1.0 - by_rank[..., 0])
-        weights[..., 1:] = by_rank[..., :d].flip(-1) - by_rank[..., 1:].flip(-1)
-
-        vertex = self._index_points(rem0[..., :d].round().to(torch.int64), rank[..., :d])
-        # (B*N, d+1): the lattice point of each pixel's vertex r and its barycentric weight.
-        self._vertex = vertex.view(batch, -1, d + 1)[:, :num_pixels].reshape(-1, d + 1)
-        self._splat_weight = weights[:, :num_pixels].reshape(-1, d + 1)
-        self._slice_weight = self._splat_weight * self._alpha
-        self._matrices: dict[str, torch.Tensor] = {}
-
-    def _index_points(self, rem0: torch.Tensor, rank: torch.Tensor) -> torch.Tensor:
-        """Sorted unique lattice points, each vertex's point index and each point's blur neighbours.
-
-        Vertex r of a pixel's simplex has the key ``rem0 + canonical[r][rank]`` (first d coordinates),
-        ``canonical[r][k] = r``, or ``r - (d+1)`` for ``k > d - r``. Keys are packed into one int64 per
-        vertex (mixed radix, the image index most significant) without forming the keys themselves.
-
-        Args:
-            rem0: the 0-coloured point, shape (B, Np, d), int64.
-            rank: the ranks of the first d coordinates, shape (B, Np, d), int64.
-
-        Returns:
-            the lattice point of every vertex, shape (B*Np*(d+1),), pixel-major.
-        """
-        batch, _, d = rem0.shape
-        device = rem0.device
-        # Keys lie within d of rem0 and their neighbours within d of the keys.
-        low = rem0.amin(dim=(0, 1)) - 2 * d
-        span = rem0.amax(dim=(0, 1)) + 2 * d + 1 - low
-        spans = [int(s) for s in span.tolist()]
+        # The one host sync before the points are counted: the range of the keys (mixed-radix packing)
+        # and the finiteness of the features, read together before anything is indexed by them.
+        stats = torch.cat(
+            [rem0[:d].amin(1), rem0[:d].amax(1), torch.isfinite(coords).all().to(dtype).view(1)]
+        ).tolist()
+        if not stats[-1]:
+            raise ValueError("features must be finite")
+        # Keys lie within d of rem0 (moved by at most d+1 below), their neighbours within d more.
+        margin = 3 * d + 1
+        low = [int(v) - margin for v in stats[:d]]
+        spans = [int(high) + margin + 1 - lo for lo, high in zip(low, stats[d : 2 * d])]
         strides = [1] * d
         for i in range(d - 2, -1, -1):
             strides[i] = strides[i + 1] * spans[i + 1]
@@ -166,36 +160,122 @@ class PermutohedralLattice:
             raise ValueError(
                 "features span too many lattice points for 64-bit keys; use larger standard deviations"
             )
-        stride_t = torch.tensor(strides, device=device)
-        image = torch.arange(batch, device=device).view(batch, 1)
-        base = ((rem0 - low) * stride_t).sum(-1) + image * block  # (B, Np)
-        # sum_i stride_i [rank_i >= t] for t = 0..d+1, from the strides placed at their ranks.
-        by_rank = torch.zeros(*rank.shape[:2], d + 2, dtype=torch.int64, device=device)
-        by_rank.scatter_(-1, rank, stride_t.expand_as(rank))
-        suffix = by_rank.flip(-1).cumsum(-1).flip(-1)  # suffix[..., t] = sum over ranks >= t
-        remainder = torch.arange(d + 1, device=device)
+        coord_sum = rounded.sum(0).to(torch.int64)
+
+        # rank[i]: for each pair i < j, i gains 1 if diff_i < diff_j, else j gains 1 (ties go to j).
+        diff = elevated - rem0
+        rank = torch.zeros(d + 1, lanes, dtype=torch.int64, device=device)
+        for i in range(d + 1):
+            for j in range(i + 1, d + 1):
+                less = diff[i] < diff[j]
+                rank[i] += less
+                rank[j] += ~less
+        rank += coord_sum
+        wrap = (rank < 0).to(torch.int64) * (d + 1) - (rank >= d + 1).to(torch.int64) * (d + 1)
+        rank += wrap
+        rem0 += wrap.to(dtype)
+
+        # Barycentric weights (p. 10): slot p = v[rank d-p] - v[rank d-p+1], slot 0 wraps around.
+        offsets = (elevated - rem0) * inv_dplus1
+        by_rank = torch.zeros_like(offsets).scatter_(0, rank, offsets)
+        weights = torch.empty_like(offsets)
+        weights[0] = by_rank[d] + (1.0 - by_rank[0])
+        weights[1:] = by_rank[:d].flip(0) - by_rank[1:].flip(0)
+        rem0_int = rem0[:d].round().to(torch.int64)
+
+        # Vertex r of a pixel's simplex has the key rem0 + canonical[r][rank] (first d coordinates),
+        # canonical[r][k] = r, or r - (d+1) for k > d - r: from vertex r-1 to r every coordinate gains 1
+        # but the one of rank d+1-r, which loses d. Packed as one int64 (image index most significant).
+        base = torch.arange(lanes, device=device) // padded * block
+        for i in range(d):
+            base += (rem0_int[i] - low[i]) * strides[i]
+        stride_by_rank = torch.zeros(d + 1, lanes, dtype=torch.int64, device=device)
+        stride_by_rank.scatter_(0, rank[:d], torch.tensor(strides, device=device).view(d, 1).expand(d, lanes))
         all_ones = sum(strides)
-        packed = (
-            base.unsqueeze(-1) + remainder * all_ones - (d + 1) * suffix[..., d + 1 - remainder]
-        )  # (B, Np, d+1)
-        points, vertex = torch.unique(packed.reshape(-1), sorted=True, return_inverse=True)
-        num_points = points.numel()
-        self.num_points = num_points
+        keys = torch.empty(d + 1, lanes, dtype=torch.int64, device=device)
+        keys[0] = base
+        for r in range(1, d + 1):
+            torch.sub(keys[r - 1] + all_ones, stride_by_rank[d + 1 - r] * (d + 1), out=keys[r])
+
+        # One stable sort numbers the points and lists each point's splats in pixel order (the key layout
+        # is (vertex, lane) and a point's vertices all have the same r).
+        sorted_keys, order = torch.sort(keys.view(-1), stable=True)
+        point_of_sorted, new = self._number_points(sorted_keys)  # the second (last) host sync
+        num_points = self.num_points
+        vertex = torch.empty_like(point_of_sorted).scatter_(0, order, point_of_sorted).view(d + 1, lanes)
+        points = torch.empty(num_points, dtype=torch.int64, device=device)
+        points.scatter_(0, point_of_sorted, sorted_keys)
+
+        # Per pixel (B*N, d+1), without the padding lanes: each vertex's point and barycentric weight.
+        self._vertex = vertex.view(d + 1, batch, padded)[:, :, :num_pixels].permute(1, 2, 0)
+        self._vertex = self._vertex.reshape(-1, d + 1).contiguous()
+        self._splat_weight = weights.view(d + 1, batch, padded)[:, :, :num_pixels].permute(1, 2, 0)
+        self._splat_weight = self._splat_weight.reshape(-1, d + 1).contiguous()
+        self._slice_weight = self._splat_weight * self._alpha
+        self._set_splat_entries(point_of_sorted, new, order, lanes, padded)
 
         # Neighbours along axis j: key - 1 + (d+1) e_j and key + 1 - (d+1) e_j (only d coordinates kept).
-        neighbours = []
-        for j in range(d + 1):
-            step = all_ones - ((d + 1) * strides[j] if j < d else 0)
-            pair = []
-            for query in (points - step, points + step):
-                found = torch.searchsorted(points, query).clamp_(max=num_points - 1)
-                hit = points[found] == query
-                index = torch.where(hit, found, torch.full_like(found, num_points))
-                # The extra row num_points holds zeros and stays zero through the blur.
-                pair.append(torch.cat([index, index.new_tensor([num_points])]))
-            neighbours.append(tuple(pair))
-        self._neighbours = neighbours
-        return vertex
+        # One searchsorted finds every point's + neighbour; the - neighbours are the same pairs read the
+        # other way. The extra row num_points holds zeros and stays zero in the blur.
+        steps = [all_ones - ((d + 1) * strides[j] if j < d else 0) for j in range(d + 1)]
+        queries = points.view(1, -1) + torch.tensor(steps, device=device).view(-1, 1)  # (d+1, P)
+        found = torch.searchsorted(points, queries.view(-1)).clamp_(max=num_points - 1).view_as(queries)
+        hit = points.index_select(0, found.view(-1)).view_as(found) == queries
+        plus = torch.full((d + 1, num_points + 1), num_points, dtype=torch.int64, device=device)
+        minus = torch.full_like(plus, num_points)
+        plus[:, :num_points] = torch.where(hit, found, num_points)
+        # minus[j, plus[j, p]] = p; the misses all land in the zero row's slot, reset after.
+        own = torch.arange(num_points, device=device).expand(d + 1, num_points)
+        minus.scatter_(1, plus[:, :num_points], own)
+        minus[:, num_points] = num_points
+        self._neighbours = [(minus[j], plus[j]) for j in range(d + 1)]
+        self._matrices: dict[str, torch.Tensor] = {}
+
+    def _number_points(self, sorted_keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The point of every sorted key and where a new point starts; sets ``num_points`` (one sync)."""
+        new = torch.ones_like(sorted_keys, dtype=torch.bool)
+        torch.ne(sorted_keys[1:], sorted_keys[:-1], out=new[1:])
+        point = torch.cumsum(new, 0)
+        self.num_points = int(point[-1])
+        return point.sub_(1), new
+
+    def _set_splat_entries(
+        self, point_of_sorted: torch.Tensor, new: torch.Tensor, order: torch.Tensor, lanes: int, padded: int
+    ) -> None:
+        """The splat matrix's structure: row p lists the (pixel, vertex) entries of point p, pixel order.
+
+        ``order`` is a stable sort of the (vertex, lane) layout by point, ``point_of_sorted`` the point of
+        each sorted entry, ``new`` where a point's entries start. Padding lanes are left out by a cumulative
+        count (no data-dependent size). Every per-entry quantity is gathered from a table of the
+        (vertex, lane) layout (no integer division).
+        """
+        batch, num_pixels, d, device = self.batch_size, self.num_pixels, self.dim, self.device
+        num_points, total = self.num_points, order.numel()
+        # Value row of each lane (image-major), -1 on padding lanes, and each entry's vertex r.
+        pixel = torch.arange(padded, device=device)
+        image_start = torch.arange(batch, device=device).view(-1, 1) * num_pixels
+        row_of_lane = torch.where(pixel < num_pixels, image_start + pixel, -1).view(1, lanes)
+        vertex_of_entry = torch.arange(d + 1, device=device).view(-1, 1)
+        rows = row_of_lane.expand(d + 1, lanes).reshape(-1).index_select(0, order)
+        vertex = vertex_of_entry.expand(d + 1, lanes).reshape(-1).index_select(0, order)
+        # First sorted entry of each point (then the zero row's, and a slot for every other entry).
+        starts = torch.full((num_points + 2,), total, dtype=torch.int64, device=device)
+        where = torch.where(new, point_of_sorted, num_points + 1)
+        starts.scatter_(0, where, torch.arange(total, device=device))
+        starts[num_points + 1] = total
+        if padded == num_pixels:
+            self._splat_crow, self._splat_row, self._splat_r = starts, rows, vertex
+            return
+        real = rows >= 0
+        real_count = batch * num_pixels * (d + 1)
+        position = torch.cumsum(real, 0)
+        self._splat_crow = torch.cat([position.new_zeros(1), position]).index_select(0, starts)
+        destination = torch.where(real, position - 1, real_count)
+        kept = []
+        for part in (rows, vertex):
+            out = part.new_empty(real_count + 1).scatter_(0, destination, part)
+            kept.append(out[:real_count])
+        self._splat_row, self._splat_r = kept
 
     def scaled(self, before: torch.Tensor, after: torch.Tensor) -> PermutohedralLattice:
         """The same lattice with per-pixel factors folded into its splat and slice weights.
@@ -216,8 +296,75 @@ class PermutohedralLattice:
             if not isinstance(factor, torch.Tensor) or tuple(factor.shape) != expected:
                 raise ValueError(f"{name} must have shape {expected}, got {_describe(factor)}")
         other = copy.copy(self)
-        other._splat_weight = self._splat_weight * before.to(self._splat_weight).reshape(-1, 1)
-        other._slice_weight = self._slice_weight * after.to(self._slice_weight).reshape(-1, 1)
+        with torch.no_grad():
+            other._splat_weight = self._splat_weight * self._rows(before.to(self._splat_weight))
+            other._slice_weight = self._slice_weight * self._rows(after.to(self._slice_weight))
+        other._matrices = {}
+        return other
+
+    def _rows(self, per_pixel: torch.Tensor) -> torch.Tensor:
+        """(B, N) -> (rows, 1) in this lattice's row order."""
+        return (per_pixel.t() if self._interleaved else per_pixel).reshape(-1, 1)
+
+    def interleaved(self) -> PermutohedralLattice:
+        """The same lattice with value row ``n * B + b`` for pixel n of image b (private to the CRF).
+
+        A (N, B, K) tensor is then filtered without a copy; each point still sums its splats in pixel
+        order (its pixels all belong to one image), so the result is the same to the bit.
+        """
+        other = copy.copy(self)
+        shape = (self.batch_size, self.num_pixels, self.dim + 1)
+        for name in ("_vertex", "_splat_weight", "_slice_weight"):
+            value = getattr(self, name)
+            setattr(other, name, value.view(shape).transpose(0, 1).reshape(-1, self.dim + 1))
+        # Image-major row b * N + n becomes n * B + b.
+        pixel = torch.arange(self.num_pixels, device=self.device)
+        image = torch.arange(self.batch_size, device=self.device).view(-1, 1)
+        other._splat_row = (pixel * self.batch_size + image).view(-1).index_select(0, self._splat_row)
+        other._interleaved = True
+        other._matrices = {}
+        return other
+
+    def reordered(self) -> PermutohedralLattice:
+        """The same lattice with its points numbered in the order pixels first reach them.
+
+        No sum changes (the blur, the splat and the slice do not depend on the points' numbering); the
+        splat, slice and blur then read memory nearly in order, 2-3x faster for the spatial kernel of a
+        dense CRF, which is built once per image size. Costs one more sort.
+        """
+        num_points = self.num_points
+        crow = self._splat_crow
+        rows = self._splat_row
+        # First pixel of every point (its first splat entry); padding-only points go last.
+        first = torch.where(crow[1:-1] > crow[:-2], rows[crow[:-2].clamp(max=rows.numel() - 1)], rows.numel())
+        new_to_old = torch.argsort(first, stable=True)
+        old_to_new = torch.empty_like(new_to_old)
+        old_to_new[new_to_old] = torch.arange(num_points, device=self.device)
+        old_to_new = torch.cat([old_to_new, old_to_new.new_full((1,), num_points)])
+        other = copy.copy(self)
+        other._vertex = old_to_new.index_select(0, self._vertex.reshape(-1)).view_as(self._vertex)
+        full = torch.cat([new_to_old, new_to_old.new_full((1,), num_points)])
+        other._neighbours = [
+            (
+                old_to_new.index_select(0, n1.index_select(0, full)),
+                old_to_new.index_select(0, n2.index_select(0, full)),
+            )
+            for n1, n2 in self._neighbours
+        ]
+        # Rows of the splat matrix in the new order: segments of the old entries, moved as a whole.
+        counts = crow[1:] - crow[:-1]
+        new_counts = counts.index_select(0, full)
+        new_crow = torch.cat([crow.new_zeros(1), torch.cumsum(new_counts, 0)])
+        starts = crow[:-1].index_select(0, full)
+        segment = torch.repeat_interleave(torch.arange(num_points + 1, device=self.device), new_counts)
+        source = (
+            starts.index_select(0, segment)
+            + torch.arange(segment.numel(), device=self.device)
+            - new_crow.index_select(0, segment)
+        )
+        other._splat_crow = new_crow
+        other._splat_row = self._splat_row.index_select(0, source)
+        other._splat_r = self._splat_r.index_select(0, source)
         other._matrices = {}
         return other
 
@@ -226,7 +373,7 @@ class PermutohedralLattice:
 
         Args:
             values: shape (B, N, K), one K-vector per pixel, on the lattice's device; cast to the
-                lattice's dtype.
+                lattice's dtype (float32 or float64), computed with autocast disabled.
             reverse: blur along directions d, ..., 0 instead of 0, ..., d. The blurs along different
                 directions do not commute where lattice points are missing, so the filter is not exactly
                 symmetric; the reversed filter is its transpose (up to rounding).
@@ -244,17 +391,99 @@ class PermutohedralLattice:
         if values.device != self.device:
             raise ValueError(f"values must be on {self.device}, got {values.device}")
         channels = values.shape[2]
-        flat = values.to(self.dtype).reshape(-1, channels)
-        lattice = self._splat_plain(flat) if plain else torch.sparse.mm(self._sparse("splat"), flat)
-        for n1, n2 in reversed(self._neighbours) if reverse else self._neighbours:
-            blurred = lattice.index_select(0, n1)
-            blurred = blurred.add_(lattice.index_select(0, n2)).mul_(0.5).add_(lattice)
-            lattice = blurred
-        if plain or self.device.type != "cpu":
-            out = self._slice_plain(lattice)
+        with _no_autocast(self.device):
+            flat = values.to(self.dtype)
+            if self._interleaved:
+                flat = flat.transpose(0, 1)
+            flat = flat.reshape(-1, channels)
+            if values.requires_grad and torch.is_grad_enabled():
+                out = self._filter_differentiable(flat, reverse, plain)
+            else:
+                out = self.filter_rows(flat, reverse=reverse, plain=plain)
+            if self._interleaved:
+                return out.view(self.num_pixels, self.batch_size, channels).transpose(0, 1).contiguous()
+            return out.view(self.batch_size, self.num_pixels, channels)
+
+    def filter_rows(
+        self,
+        flat: torch.Tensor,
+        *,
+        reverse: bool = False,
+        plain: bool = False,
+        out: torch.Tensor | None = None,
+        work: list[torch.Tensor] | None = None,
+        accumulate: bool = False,
+    ) -> torch.Tensor:
+        """:meth:`filter` on values already in row order, (rows, K) contiguous, in the lattice's dtype.
+
+        ``out`` (rows, K) and ``work`` (two (num_points + 1, K) buffers) let a caller that filters
+        many times (the dense CRF) reuse its memory; nothing else is allocated then on the CPU. With
+        ``accumulate`` the result is added to ``out`` (each entry ``out + result``, one rounding) instead
+        of replacing it (not with ``plain``).
+        """
+        if accumulate and (out is None or plain):
+            raise ValueError("accumulate needs out and the sparse path (plain=False)")
+        channels = flat.shape[1]
+        if work is None:
+            work = [flat.new_empty(self.num_points + 1, channels) for _ in range(2)]
+        current, other = work[0], work[1]
+        on_cpu = self.device.type == "cpu"
+        if plain:
+            current = self._splat_plain(flat)
+        elif on_cpu:
+            torch.addmm(current, self._sparse("splat"), flat, beta=0, out=current)
         else:
-            out = torch.sparse.mm(self._sparse("slice"), lattice)
-        return out.view(self.batch_size, self.num_pixels, channels)
+            current = torch.sparse.mm(self._sparse("splat"), flat)
+        if plain:
+            for n1, n2 in reversed(self._neighbours) if reverse else self._neighbours:
+                torch.index_select(current, 0, n1, out=other)
+                other.add_(current.index_select(0, n2))
+                current = torch.add(current, other, alpha=0.5)  # old + 0.5 (n1 + n2); 0.5 x is exact
+        else:
+            blurs = self._blur_matrices()
+            for blur in reversed(blurs) if reverse else blurs:
+                if on_cpu:
+                    torch.addmm(other, blur, current, beta=0, out=other)
+                    current, other = other, current
+                else:
+                    current = torch.sparse.mm(blur, current)
+        if plain:
+            return self._slice_plain(current)
+        if not on_cpu:
+            result = torch.sparse.mm(self._sparse("slice"), current)
+            if out is None:
+                return result
+            return out.add_(result) if accumulate else out.copy_(result)
+        if out is None:
+            out = flat.new_empty(flat.shape[0], channels)
+        return torch.addmm(out, self._sparse("slice"), current, beta=1 if accumulate else 0, out=out)
+
+    def _blur_matrices(self) -> list[torch.Tensor]:
+        """One CSR matrix per direction: row p holds 0.5 at n1, 0.5 at n2 and 1 at p, in that order.
+
+        A CSR product sums a row in its stored order, so it computes ``(0.5 n1 + 0.5 n2) + old``, which
+        is ``old + 0.5 (n1 + n2)`` to the bit (halving is exact); a missing neighbour is the zero row.
+        One pass per direction instead of two gathers and two additions.
+        """
+        if "blur" not in self._matrices:
+            points = self.num_points + 1
+            crow = torch.arange(0, 3 * points + 1, 3, device=self.device)
+            own = torch.arange(points, device=self.device)
+            values = torch.tensor([0.5, 0.5, 1.0], dtype=self.dtype, device=self.device).repeat(points)
+            self._matrices["blur"] = [
+                _csr(crow, torch.stack([n1, n2, own], dim=1).view(-1), values, (points, points))
+                for n1, n2 in self._neighbours
+            ]
+        return self._matrices["blur"]
+
+    def _filter_differentiable(self, flat: torch.Tensor, reverse: bool, plain: bool) -> torch.Tensor:
+        """The same sums with out-of-place operations, so that autograd can differentiate them."""
+        sparse = not plain and self.device.type == "cpu"
+        lattice = torch.sparse.mm(self._sparse("splat"), flat) if sparse else self._splat_plain(flat)
+        for n1, n2 in reversed(self._neighbours) if reverse else self._neighbours:
+            neighbours = lattice.index_select(0, n1) + lattice.index_select(0, n2)
+            lattice = torch.add(lattice, neighbours, alpha=0.5)
+        return torch.sparse.mm(self._sparse("slice"), lattice) if sparse else self._slice_plain(lattice)
 
     def _splat_plain(self, flat: torch.Tensor) -> torch.Tensor:
         # Splats of vertex r reach only lattice points of colour r, so one index_add per r (the CPU kernel
@@ -280,25 +509,14 @@ class PermutohedralLattice:
         if which not in self._matrices:
             num_rows = self._vertex.shape[0]
             points = self.num_points + 1
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # "sparse CSR support is in beta"
-                if which == "splat":
-                    vertex = self._vertex.reshape(-1)
-                    pixel = torch.arange(num_rows, device=self.device).repeat_interleave(self.dim + 1)
-                    order = torch.argsort(vertex * num_rows + pixel)
-                    counts = torch.bincount(vertex, minlength=points)
-                    crow = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
-                    matrix = torch.sparse_csr_tensor(
-                        crow, pixel[order], self._splat_weight.reshape(-1)[order], size=(points, num_rows)
-                    )
-                else:
-                    crow = torch.arange(0, num_rows * (self.dim + 1) + 1, self.dim + 1, device=self.device)
-                    matrix = torch.sparse_csr_tensor(
-                        crow,
-                        self._vertex.reshape(-1),
-                        self._slice_weight.reshape(-1),
-                        size=(num_rows, points),
-                    )
+            if which == "splat":
+                rows = self._splat_row
+                values = self._splat_weight.reshape(-1).index_select(0, rows * (self.dim + 1) + self._splat_r)
+                matrix = _csr(self._splat_crow, rows, values, (points, num_rows))
+            else:
+                crow = torch.arange(0, num_rows * (self.dim + 1) + 1, self.dim + 1, device=self.device)
+                vertex, weight = self._vertex.reshape(-1), self._slice_weight.reshape(-1)
+                matrix = _csr(crow, vertex, weight, (num_rows, points))
             self._matrices[which] = matrix
         return self._matrices[which]
 

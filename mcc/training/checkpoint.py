@@ -152,7 +152,9 @@ def net_from_checkpoint(
         map_location: where the tensors are loaded when ``checkpoint`` is a path.
 
     Returns:
-        the network, on ``map_location``'s device (CPU by default), in training mode.
+        the network, on ``map_location``'s device (CPU by default), in training mode. Its attribute
+        ``class_names`` holds the class names the run recorded (background first; every training command
+        records them), or None for a checkpoint that records none.
 
     Raises:
         FileNotFoundError: the file does not exist.
@@ -200,6 +202,9 @@ def net_from_checkpoint(
     mean, std = _recorded_pixel_stats(extra, name)
     net = MCCNet(vit, record["num_classes"], MCCConfig(**mcc), pixel_mean=mean, pixel_std=std)
     load_model_state(net, checkpoint["model"], f"{name}: its weights do not fit the network it describes")
+    names = extra.get("class_names")
+    valid = isinstance(names, list) and len(names) == net.num_classes + 1
+    net.class_names = [str(n) for n in names] if valid else None  # the run's classes, background first
     return net.to(map_location) if isinstance(map_location, str | torch.device) else net
 
 

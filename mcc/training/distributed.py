@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import sys
 from dataclasses import dataclass
@@ -41,7 +42,9 @@ def init_distributed(
 ) -> DistributedContext:
     """Initialises the default process group when launched by ``torchrun`` (``WORLD_SIZE`` > 1).
 
-    Backend ``nccl`` on CUDA, ``gloo`` on CPU. On CUDA each process takes ``cuda:LOCAL_RANK``.
+    Backend ``nccl`` on CUDA, ``gloo`` on CPU. On CUDA each process takes ``cuda:LOCAL_RANK``; a single
+    process takes the device it is given (``"cuda:1"``) and makes it the current device, so that pinned
+    memory, the CUDA random state and any ``"cuda"`` tensor go there too.
 
     Args:
         device: ``"cuda"``, ``"cpu"`` (or a specific device when not distributed); default CUDA when
@@ -58,8 +61,10 @@ def init_distributed(
         raise ValueError("device: CUDA was requested but torch.cuda.is_available() is False")
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
-        if device.type == "cuda" and device.index is None:
-            device = torch.device("cuda", torch.cuda.current_device())
+        if device.type == "cuda":
+            if device.index is None:
+                device = torch.device("cuda", torch.cuda.current_device())
+            torch.cuda.set_device(device)
         return DistributedContext(device=device)
     rank = int(os.environ["RANK"])
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -72,7 +77,7 @@ def init_distributed(
         dist.init_process_group(
             backend="nccl" if device.type == "cuda" else "gloo",
             timeout=timedelta(seconds=timeout_s),
-            **({"device_id": device} if device.type == "cuda" else {}),
+            **({"device_id": device} if device.type == "cuda" and _binds_device() else {}),
         )
     return DistributedContext(rank, world_size, local_rank, device, True)
 
@@ -89,3 +94,12 @@ def cleanup_distributed() -> None:
         if sys.exc_info()[0] is None and dist.get_world_size() > 1:
             dist.barrier()
         dist.destroy_process_group()
+
+
+def _binds_device() -> bool:
+    """Whether ``init_process_group`` takes ``device_id`` (added after torch 2.1, pytorch/pytorch#114916).
+
+    Binding the group to the device forms the NCCL communicator at once and silences the "guessing the
+    device" warning of the first barrier; older releases run without it (the device is already current).
+    """
+    return "device_id" in inspect.signature(dist.init_process_group).parameters

@@ -6,7 +6,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from mcc.cam import cam_to_label, multi_scale_cam
 from mcc.cam.multi_scale import resize_to_patch_multiple
@@ -55,15 +55,11 @@ def _segment(
     flip: bool,
     crf: Callable[[np.ndarray, np.ndarray], np.ndarray] | None,
 ) -> torch.Tensor:
-    """(1, H, W) class indices of :meth:`MCCNet.segment`, after ``crf`` on the softmax when given."""
-    logits = net.segment(image, scales, flip).float()
-    if crf is None:
-        return logits.argmax(1)
-    rgb8 = (net.denormalize(image)[0].permute(1, 2, 0) * 255).round().byte().cpu().numpy()
-    probs = crf(np.ascontiguousarray(rgb8), logits[0].softmax(0).cpu().numpy())
-    if isinstance(probs, torch.Tensor):  # a CRF running in torch (e.g. on the GPU)
-        return probs.argmax(0).unsqueeze(0).to(image.device)
-    return torch.from_numpy(np.asarray(probs)).argmax(0).unsqueeze(0).to(image.device)
+    """(1, H, W) class indices of :meth:`MCCNet.segment`, after ``crf`` on the softmax when given: the
+    masks of :func:`~mcc.training.predict.segment_images`, which ``mcc-predict`` writes too."""
+    from mcc.training.predict import segment_images
+
+    return segment_images(net, image, scales, flip, crf)
 
 
 @torch.no_grad()
@@ -84,6 +80,7 @@ def evaluate(
     rank: int = 0,
     world_size: int = 1,
     autocast_dtype: torch.dtype | None = None,
+    num_workers: int = 0,
     progress: bool = False,
     on_image: Callable[[int, dict, dict[str, torch.Tensor]], None] | None = None,
 ) -> dict[str, SegmentationScores]:
@@ -122,7 +119,9 @@ def evaluate(
         crf: callable ``(image uint8 (H, W, 3), probs (C, H, W)) -> probs (C, H, W)``.
         max_images: score only the first ``max_images`` images.
         rank, world_size: this process's share of the images.
-        autocast_dtype: run the network under CUDA autocast with this dtype (e.g. ``torch.bfloat16``).
+        autocast_dtype: run the network under CUDA autocast with this dtype (e.g. ``torch.bfloat16``; a
+            GPU without bf16 gets float16).
+        num_workers: DataLoader workers that read and decode the images while the network runs.
         progress: show a tqdm bar on rank 0 (when tqdm is installed).
         on_image: called after every image of this rank as ``on_image(index, sample, outputs)`` with
             the dataset index, the sample and the maps computed for it, each for the whole image at its
@@ -169,16 +168,26 @@ def evaluate(
 
     count = len(dataset) if max_images is None else min(max_images, len(dataset))
     indices = range(rank, count, world_size)
+    # one image at a time (each at its own size), read by the workers ahead of the network
+    loader = DataLoader(
+        Subset(dataset, indices),
+        batch_size=None,
+        num_workers=num_workers,
+        pin_memory=device.type == "cuda",
+    )
+    samples = zip(indices, loader)
     if progress and rank == 0:
         try:
             from tqdm import tqdm
 
-            indices = tqdm(indices, desc="evaluate", leave=False)
+            samples = tqdm(samples, total=len(indices), desc="evaluate", leave=False)
         except ImportError:
             pass
 
     patch = net.encoder.patch_size
     use_autocast = autocast_dtype is not None and device.type == "cuda"
+    if use_autocast and autocast_dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
+        autocast_dtype = torch.float16  # a GPU before Ampere: bf16 autocast would raise
 
     def cam_fn(images: torch.Tensor):
         return net.cams(resize_to_patch_multiple(images, patch))
@@ -186,9 +195,8 @@ def evaluate(
     was_training = net.training
     net.eval()
     try:
-        for index in indices:
-            sample = dataset[index]
-            image = sample["image"].unsqueeze(0).to(device)
+        for index, sample in samples:
+            image = sample["image"].unsqueeze(0).to(device, non_blocking=True)
             outputs: dict[str, torch.Tensor] = {}
             if "mask" not in sample:  # no ground truth: segmentation only, nothing scored
                 if segmentation:
@@ -199,8 +207,8 @@ def evaluate(
                 if on_image is not None:
                     on_image(index, sample, outputs)
                 continue
-            mask = sample["mask"].unsqueeze(0).to(device)
-            cls_label = sample["cls_label"].unsqueeze(0).to(device)
+            mask = sample["mask"].unsqueeze(0).to(device, non_blocking=True)
+            cls_label = sample["cls_label"].unsqueeze(0)  # stays on the host: classes read without a sync
             with torch.autocast(device.type, dtype=autocast_dtype or torch.bfloat16, enabled=use_autocast):
                 if cams or pseudo_labels:
                     cam, _ = multi_scale_cam(cam_fn, image, cam_scales or config.cam_scales, True)

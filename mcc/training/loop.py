@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import inspect
 import json
-import math
 import sys
 import time
 import warnings
@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from mcc._checks import check_finite
 from mcc.data import seed_worker
-from mcc.network import MCCConfig, MCCNet, MCCTrainingStep
+from mcc.network import MCCConfig, MCCLosses, MCCNet, MCCTrainingStep
 from mcc.schedule import poly_warmup_lr, scaled_warmup_iters
 from mcc.training.checkpoint import (
     check_resume,
@@ -39,7 +39,7 @@ from mcc.training.sampler import StepBatchSampler
 
 __all__ = ["TrainResult", "TrainSettings", "resolve_resume", "schedule_warnings", "train"]
 
-LOSS_NAMES = ("total", "cls", "cls_aux", "affinity", "mcc", "seg", "reg", "positive_rate")
+LOSS_NAMES = MCCLosses._fields  # total, cls, ..., seg, reg, consistency, seg_to_cam, positive_rate
 
 
 @dataclass(frozen=True)
@@ -62,10 +62,15 @@ class TrainSettings:
             with :meth:`~mcc.MCCConfig.scaled_schedule`.
         seed: seed of the batch order and of the key masks (the data's own seed is separate).
         num_workers: DataLoader workers per rank.
-        amp: bf16 autocast on CUDA (ignored, with a message, elsewhere).
+        amp: bf16 autocast of the forward passes on CUDA (fp16 with a gradient scaler on a GPU without
+            bf16; ignored, with a message, elsewhere). The backward runs outside autocast and the losses
+            in float32.
         fast: the exact shortcuts of the training step (docs/method.md section 3).
         find_unused_parameters: passed to DDP.
-        log_every: steps between log lines (and tensorboard points).
+        log_every: steps between log lines (and tensorboard points). The step's values are copied to the
+            host there (one copy for all the steps since the last line) and before every evaluation and
+            checkpoint, and the loss is checked for finiteness: a non-finite loss on any rank raises the
+            same ``FloatingPointError`` on every rank, naming the first bad step.
         eval_every: steps between evaluations (0: only at the end); needs a validation set.
         eval_at_end: evaluate after the last step.
         eval_max_images: score only the first N validation images (None: all).
@@ -207,9 +212,109 @@ def schedule_warnings(config: MCCConfig, settings: TrainSettings) -> list[str]:
     return lines
 
 
+def make_ema_teacher(net: MCCNet) -> torch.optim.swa_utils.AveragedModel | None:
+    """CoSA's EMA teacher of ``net`` when ``net.config.ema_teacher_decay`` is set, else None.
+
+    ``AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(decay))``, its first ``update_parameters``
+    called here (it copies ``net``); call ``update_parameters(net)`` after every optimiser step and pass
+    ``.module`` as the training step's ``teacher``. Parameters only are averaged, as CoSA does; unlike
+    CoSA, whose teacher heads start from their own random initialisation and average from the first
+    step, the teacher starts as a copy of ``net``.
+    """
+    decay = net.config.ema_teacher_decay
+    if decay is None:
+        return None
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    teacher = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(decay))
+    teacher.update_parameters(net)
+    teacher.requires_grad_(False)
+    return teacher
+
+
 def _mask_seed(seed: int, step: int, micro_batch: int) -> int:
     # Key masks are a pure function of (seed, step, global micro-batch): resumable and rank-count invariant.
     return int(np.random.SeedSequence([seed, step, micro_batch]).generate_state(1, np.uint64)[0] >> 1)
+
+
+HOST_KEYS = ("cls_label", "img_box")
+"""Batch entries that stay on the host: the step reads them there (the box check, the classes present
+in the batch) without a device sync and copies them to the device itself, asynchronously."""
+
+
+def _to_device(micro: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v if k in HOST_KEYS else v.to(device, non_blocking=True) for k, v in micro.items()}
+
+
+def _amp_dtype(amp: bool, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of a run: bf16 on CUDA, fp16 (with a gradient scaler) on a GPU without bf16."""
+    if not amp or device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def _changing_buffers(module: torch.nn.Module) -> list[str]:
+    """Buffers a training step may change: the running statistics of batch-norm layers.
+
+    The buffers of :class:`~mcc.MCCNet` itself (``pixel_mean``, ``pixel_std`` and their 0-255 forms) are
+    constants, and so are the buffers of the ViT families (rotary frequencies, relative position
+    indices); the teacher projector is made of parameters that every rank moves identically from the
+    synchronised student. Only running statistics (an encoder with batch norm) would differ across ranks,
+    and only then does DDP need to broadcast buffers at every forward.
+    """
+    return [
+        name
+        for name, child in module.named_modules()
+        if isinstance(child, torch.nn.modules.batchnorm._NormBase) and child.track_running_stats
+    ]
+
+
+def _buffer_sync(enabled: bool) -> dict[str, bool]:
+    # DDP's buffer sync at every forward: forward_sync_buffers in recent torch, broadcast_buffers before
+    parameters = inspect.signature(DistributedDataParallel.__init__).parameters
+    return {"forward_sync_buffers" if "forward_sync_buffers" in parameters else "broadcast_buffers": enabled}
+
+
+def _micro_step(
+    step_module: torch.nn.Module,
+    micro: dict[str, torch.Tensor],
+    step: int,
+    key_mask: torch.Tensor,
+    *,
+    fast: bool,
+    parts: int,
+    autocast_dtype: torch.dtype | None,
+    device_type: str,
+    scaler: torch.amp.GradScaler | None = None,
+    sync: bool = True,
+    teacher: torch.nn.Module | None = None,
+):
+    """Forward under autocast, backward outside it (as the autocast documentation prescribes).
+
+    The backward pass of an op runs in the dtype its forward ran in; a backward inside the autocast block
+    would run the float32 parts (the affinity product, the InfoNCE einsum) as bf16 matmuls. ``no_sync``
+    (all but the last micro-batch under DDP) spans both: DDP decides at the forward whether the backward
+    all-reduces.
+    """
+    with step_module.no_sync() if not sync else contextlib.nullcontext():
+        with torch.autocast(
+            device_type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None
+        ):
+            losses = step_module(
+                micro["x"],
+                micro["v1"],
+                micro["v2"],
+                micro["cls_label"],
+                micro["img_box"],
+                step,
+                key_mask=key_mask,
+                fast=fast,
+                strong=micro.get("strong"),
+                teacher=teacher,
+            )
+        total = losses.total.float() / parts if parts > 1 else losses.total.float()
+        (scaler.scale(total) if scaler is not None else total).backward()
+    return losses
 
 
 def _split(batch: dict[str, Any], parts: int) -> list[dict[str, Any]]:
@@ -269,14 +374,6 @@ class _Logger:
 
 def _quiet(message: str) -> None:
     del message
-
-
-def _mean_over_ranks(values: list[float], context: DistributedContext) -> list[float]:
-    if not context.distributed:
-        return values
-    tensor = torch.tensor(values, dtype=torch.float64, device=context.device)
-    dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-    return (tensor / context.world_size).tolist()
 
 
 def _progress_bar(settings: TrainSettings, context: DistributedContext, start: int, end: int):
@@ -372,9 +469,13 @@ def train(
         check_pixel_stats(net, val_set, "val_set")
     if settings.eval_every and val_set is None:
         log("no validation set: evaluation is off")
-    use_amp = settings.amp and device.type == "cuda"
-    if settings.amp and not use_amp:
-        log(f"amp: bf16 autocast is used on CUDA only; running in float32 on {device}")
+    amp_dtype = _amp_dtype(settings.amp, device)
+    if settings.amp and amp_dtype is None:
+        log(f"amp: autocast is used on CUDA only; running in float32 on {device}")
+    elif amp_dtype == torch.float16:
+        name = torch.cuda.get_device_name(device)
+        log(f"amp: {name} has no bf16 (Ampere or newer has); fp16 autocast with a gradient scaler instead")
+    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
     if getattr(train_set, "seed", 0) is None:
         log("train_set has no seed: its random views depend on the workers, so a resume is not exact")
     if context.is_main:
@@ -404,6 +505,7 @@ def train(
     }
 
     start_step, best = 0, None
+    ema_teacher = make_ema_teacher(net)
     resume_path = resolve_resume(settings.resume, work_dir)
     if resume_path is not None:
         state = load_checkpoint(resume_path, map_location="cpu")
@@ -414,8 +516,24 @@ def train(
                 log(f"warning: resume: {line}")
                 warnings.warn(f"resume: {line}", UserWarning, stacklevel=2)
         load_model_state(net, state["model"], f"resume: checkpoint {resume_path} does not fit this network")
+        if ema_teacher is not None and "ema_teacher" in state:
+            ema_teacher.load_state_dict(state["ema_teacher"])
         optimizer.load_state_dict(state["optimizer"])
-        set_rng_state(state["rng"])
+        rank_states = state.get("rng_ranks") or [state["rng"]]
+        if len(rank_states) == context.world_size:
+            set_rng_state(rank_states[context.rank])
+        else:
+            line = (
+                f"resume: {resume_path} holds the random states of {len(rank_states)} rank(s), this run has "
+                f"{context.world_size}: every rank continues from rank 0's (the run is not an exact "
+                "continuation of the interrupted one)"
+            )
+            log(f"warning: {line}")
+            if context.is_main:
+                warnings.warn(line, UserWarning, stacklevel=2)
+            set_rng_state(rank_states[0])
+        if scaler is not None and state.get("grad_scaler"):
+            scaler.load_state_dict(state["grad_scaler"])
         start_step = int(state["step"])
         best = tuple(state["best"]) if state.get("best") is not None else None
         if state.get("data") != data_state:
@@ -426,10 +544,13 @@ def train(
 
     step_module: torch.nn.Module = MCCTrainingStep(net)
     if context.distributed:
+        # No device_ids: DDP would move every input to the device, also the host-side labels and boxes
+        # (HOST_KEYS) the step reads without a sync; the loop moves the rest itself.
         step_module = DistributedDataParallel(
             step_module,
-            device_ids=[device.index] if device.type == "cuda" else None,
+            device_ids=None,
             find_unused_parameters=settings.find_unused_parameters,
+            **_buffer_sync(bool(_changing_buffers(net))),
         )
 
     config_record = {
@@ -443,12 +564,24 @@ def train(
         work_dir.mkdir(parents=True, exist_ok=True)
         (work_dir / "config.json").write_text(json.dumps(config_record, indent=2, default=str) + "\n")
 
-    def checkpoint_state(done: int) -> dict[str, Any]:
+    def rank_rng_states() -> list[dict[str, Any]]:
+        # every rank's random state (a collective: all ranks call it when a checkpoint is written)
+        if not context.distributed:
+            return [rng_state()]
+        states: list[Any] = [None] * context.world_size
+        dist.all_gather_object(states, rng_state())
+        return states
+
+    def checkpoint_state(done: int, rank_states: list[dict[str, Any]]) -> dict[str, Any]:
+        extra = {} if ema_teacher is None else {"ema_teacher": ema_teacher.state_dict()}
         return {
+            **extra,
             "model": net.state_dict(),
             "optimizer": optimizer.state_dict(),
             "step": done,
-            "rng": rng_state(),
+            "rng": rank_states[0],
+            "rng_ranks": rank_states,
+            "grad_scaler": scaler.state_dict() if scaler is not None else None,
             "data": data_state,
             "best": list(best) if best is not None else None,
             "config": config_record,
@@ -482,10 +615,42 @@ def train(
 
     accumulation = settings.accumulation_steps
     teacher = net.projector.teacher
+    num_views = net.config.num_views
     batches = _batches(train_set, sampler, start_step, settings, pin=device.type == "cuda")
-    window: list[list[float]] = []
+    pending: list[tuple[int, float, torch.Tensor]] = []  # steps whose values are still on the device
+    window: list[torch.Tensor] = []  # rank means of the steps since the last log line (host)
     tic = time.perf_counter()
     bar = None
+
+    def flush() -> None:
+        """Copies the values of the pending steps to the host at once (one copy, one all-reduce).
+
+        Every rank sees the same rank sums, so a non-finite loss on any rank stops every rank at once.
+        """
+        if not pending:
+            return
+        local = torch.stack([values for _, _, values in pending])  # (steps, terms) float64
+        mean = local.clone()
+        if context.distributed:
+            dist.all_reduce(mean, op=dist.ReduceOp.SUM)
+            mean /= context.world_size
+        host_local, host_mean = torch.stack([local, mean]).cpu()
+        finite = torch.isfinite(host_mean[:, 0])
+        if not bool(finite.all()):
+            first = int((~finite).nonzero()[0, 0])
+            where = " on at least one rank" if context.distributed else ""
+            raise FloatingPointError(
+                f"the loss is {float(host_mean[first, 0])}{where} at step {pending[first][0]}: stopping"
+            )
+        for (step_done, lr_used, _), values in zip(pending, host_local.tolist(), strict=True):
+            result.history.append(
+                {"step": step_done, "lr": lr_used, **dict(zip(LOSS_NAMES, values, strict=True))}
+            )
+        window.extend(host_mean)
+        if bar is not None:
+            bar.set_postfix_str(f"loss {host_local[-1, 0]:.4f}", refresh=False)
+        pending.clear()
+
     try:
         end = (
             settings.max_iters
@@ -507,51 +672,67 @@ def train(
             )
             for group in optimizer.param_groups:
                 group["lr"] = lr * group["lr_scale"]
+            micros = _split(batch, accumulation)
+            # The key masks of every micro-batch, drawn on the host before any work of the step is queued
+            # (so that their copy never waits for the device), from seeds that make them a function of
+            # (seed, step, global micro-batch): resumable and rank-count invariant.
+            key_masks = []
+            for index, micro in enumerate(micros):
+                generator = torch.Generator().manual_seed(
+                    _mask_seed(settings.seed, step, context.rank * accumulation + index)
+                )
+                grid = net.encoder.grid_size(micro["x"])
+                mask = net.mask_sampler(len(micro["x"]), grid, num_views, generator=generator)
+                if device.type == "cuda":
+                    mask = mask.pin_memory()
+                key_masks.append(mask.to(device, non_blocking=True))
             optimizer.zero_grad(set_to_none=True)
             teacher_before = None
             if accumulation > 1:
                 teacher_before = {k: v.clone() for k, v in teacher.state_dict().items()}
-            sums = torch.zeros(len(LOSS_NAMES), dtype=torch.float64)
-            for index, micro in enumerate(_split(batch, accumulation)):
+            sums = None
+            for index, micro in enumerate(micros):
                 if index > 0:
                     teacher.load_state_dict(teacher_before)  # the EMA moves once per optimiser step
                 check_finite(micro["cls_label"], "cls_label of the training batch")  # on CPU: no sync
-                micro = {k: v.to(device, non_blocking=True) for k, v in micro.items()}
-                generator = torch.Generator().manual_seed(
-                    _mask_seed(settings.seed, step, context.rank * accumulation + index)
+                losses = _micro_step(
+                    step_module,
+                    _to_device(micro, device),
+                    step,
+                    key_masks[index],
+                    fast=settings.fast,
+                    parts=accumulation,
+                    autocast_dtype=amp_dtype,
+                    device_type=device.type,
+                    scaler=scaler,
+                    sync=not context.distributed or index == accumulation - 1,
+                    teacher=None if ema_teacher is None else ema_teacher.module,
                 )
-                sync = not context.distributed or index == accumulation - 1
-                with (
-                    step_module.no_sync() if not sync else contextlib.nullcontext(),
-                    torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp),
-                ):
-                    losses = step_module(
-                        micro["x"],
-                        micro["v1"],
-                        micro["v2"],
-                        micro["cls_label"],
-                        micro["img_box"],
-                        step,
-                        generator=generator,
-                        fast=settings.fast,
-                    )
-                    total = losses.total / accumulation if accumulation > 1 else losses.total
-                    total.backward()
-                sums += torch.stack([t.detach().double().cpu() for t in losses])
-            optimizer.step()
-            values = (sums / accumulation).tolist()
-            if not math.isfinite(values[0]):
-                raise FloatingPointError(f"the loss is {values[0]} at step {step}")
-            result.history.append({"step": step, "lr": lr, **dict(zip(LOSS_NAMES, values, strict=True))})
-            window.append(values)
+                terms = torch.stack([t.detach().double() for t in losses])  # on the device: no copy
+                sums = terms if sums is None else sums + terms
+            if scaler is not None:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            if ema_teacher is not None:  # CoSA: the teacher follows every optimiser step
+                ema_teacher.update_parameters(net)
+            pending.append((step, lr, sums / accumulation))
             done = step + 1
             result.step = done
             if bar is not None:
-                bar.set_postfix_str(f"loss {values[0]:.4f}", refresh=False)
                 bar.update(1)
 
-            if done % settings.log_every == 0 or done == end:
-                mean = _mean_over_ranks(np.mean(window, axis=0).tolist(), context)
+            logging = done % settings.log_every == 0 or done == end
+            at_end = done == settings.max_iters
+            stopping = done == end
+            periodic = settings.eval_every and done % settings.eval_every == 0
+            evaluating = val_set is not None and (periodic or (at_end and settings.eval_at_end))
+            save_last = stopping or bool(settings.save_every and done % settings.save_every == 0)
+            if logging or evaluating or save_last:
+                flush()  # before every log line, evaluation and checkpoint: a NaN run is never saved
+            if logging:
+                mean = torch.stack(window).mean(0).tolist()
                 seconds = (time.perf_counter() - tic) / len(window)
                 terms = " ".join(f"{name} {value:.4f}" for name, value in zip(LOSS_NAMES, mean, strict=True))
                 logger.log(f"step {done}/{settings.max_iters} lr {lr:.3e} {terms} {seconds:.2f}s/it")
@@ -559,10 +740,7 @@ def train(
                 window, tic = [], time.perf_counter()
 
             improved = False
-            at_end = done == settings.max_iters
-            stopping = done == end
-            periodic = settings.eval_every and done % settings.eval_every == 0
-            if val_set is not None and (periodic or (at_end and settings.eval_at_end)):
+            if evaluating:
                 eval_started = time.perf_counter()
                 scores = evaluate(
                     net,
@@ -572,7 +750,8 @@ def train(
                     max_images=settings.eval_max_images,
                     rank=context.rank,
                     world_size=context.world_size,
-                    autocast_dtype=torch.bfloat16 if use_amp else None,
+                    autocast_dtype=amp_dtype,
+                    num_workers=settings.num_workers,
                 )
                 mious = {name: s.miou for name, s in scores.items()}
                 result.evaluations.append((done, mious))
@@ -591,13 +770,14 @@ def train(
                 write_metrics(done)
                 tic = time.perf_counter()
 
-            save_last = stopping or bool(settings.save_every and done % settings.save_every == 0)
-            if context.is_main and (save_last or (improved and settings.save_best)):
-                state = checkpoint_state(done)
-                if save_last:
-                    save_checkpoint(work_dir / "last.pt", state)
-                if improved and settings.save_best:
-                    save_checkpoint(work_dir / "best.pt", state)
+            if save_last or (improved and settings.save_best):
+                rank_states = rank_rng_states()  # every rank takes part
+                if context.is_main:
+                    state = checkpoint_state(done, rank_states)
+                    if save_last:
+                        save_checkpoint(work_dir / "last.pt", state)
+                    if improved and settings.save_best:
+                        save_checkpoint(work_dir / "best.pt", state)
     finally:
         if bar is not None:
             bar.close()

@@ -76,11 +76,17 @@ class ConfusionMatrix:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         self.num_classes = num_classes
         self.ignore_index = ignore_index
-        self.matrix = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
+        # C*C cells, then three bins: ignored pixels, bad targets, bad predictions (see update)
+        self._counts = torch.zeros(num_classes * num_classes + 3, dtype=torch.int64, device=device)
+        self.matrix = self._counts[: num_classes * num_classes].view(num_classes, num_classes)
 
     @torch.no_grad()
     def update(self, prediction: torch.Tensor, target: torch.Tensor) -> None:
-        """Adds a batch.
+        """Adds a batch: one scatter of every pixel into its cell, with no host sync on an accelerator.
+
+        Values out of range on scored pixels are counted apart and raise ``ValueError``: at once for
+        counts on the CPU, at the next :meth:`compute` (or :meth:`all_reduce`) for counts on an accelerator,
+        where checking every update would wait for the device.
 
         Args:
             prediction: class indices, any integer shape, e.g. (B, H, W); values in [0, C).
@@ -95,23 +101,35 @@ class ConfusionMatrix:
             raise ValueError("prediction and target must hold integer class indices, got floats")
         target = target.to(self.matrix.device).reshape(-1).long()
         prediction = prediction.to(self.matrix.device).reshape(-1).long()
-        valid = target != self.ignore_index
-        target, prediction = target[valid], prediction[valid]
         c = self.num_classes
-        if target.numel() and (target.min() < 0 or target.max() >= c):
+        valid = target != self.ignore_index
+        bad_target = valid & ((target < 0) | (target >= c))
+        bad_prediction = valid & ~bad_target & ((prediction < 0) | (prediction >= c))
+        if self._counts.device.type == "cpu":  # free to check here: refuse the batch, counts unchanged
+            self._check(bool(bad_target.any()), bool(bad_prediction.any()))
+        cell = torch.where(valid, target * c + prediction, c * c)
+        cell = torch.where(bad_target, c * c + 1, torch.where(bad_prediction, c * c + 2, cell))
+        self._counts.scatter_add_(0, cell, torch.ones_like(cell))
+
+    def _check(self, bad_target: bool | None = None, bad_prediction: bool | None = None) -> None:
+        c = self.num_classes
+        if bad_target is None:
+            bad_target, bad_prediction = self._counts[c * c + 1 :].tolist()
+        if bad_target:
             raise ValueError(f"target has values outside [0, {c}) besides ignore_index {self.ignore_index}")
-        if prediction.numel() and (prediction.min() < 0 or prediction.max() >= c):
+        if bad_prediction:
             raise ValueError(f"prediction has values outside [0, {c}) on scored pixels")
-        self.matrix += torch.bincount(target * c + prediction, minlength=c * c).view(c, c)
 
     def all_reduce(self) -> None:
         """Sums the counts over the ranks of the default process group (no-op when not distributed)."""
+        self._check()
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            dist.all_reduce(self.matrix, op=dist.ReduceOp.SUM)
+            dist.all_reduce(self._counts, op=dist.ReduceOp.SUM)
 
     def reset(self) -> None:
-        self.matrix.zero_()
+        self._counts.zero_()
 
     def compute(self) -> SegmentationScores:
         """Scores of the counts so far (see :func:`segmentation_scores`)."""
+        self._check()
         return segmentation_scores(self.matrix.cpu())

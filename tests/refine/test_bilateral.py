@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from mcc.refine import PermutohedralLattice, bilateral_filter
+from mcc.refine.bilateral import _filter as batched_filter
 from mcc.refine.bilateral import bilateral_features
 
 
@@ -265,3 +266,116 @@ def test_contract_signature():
     assert list(params) == ["image", "values", "sigma_rgb", "sigma_xy"]
     assert all(p.default is inspect.Parameter.empty for p in params.values())
     assert "bilateral_filter" in mcc.refine.__all__ and inspect.getdoc(mcc.refine.bilateral_filter)
+
+
+# ---- mixed precision, host syncs, CUDA -------------------------------------------------------------------
+
+
+def test_bf16_autocast_gives_the_float32_result():
+    # The sparse products have no bfloat16 kernel: the lattice runs in float32 whatever the autocast.
+    image = random_image(2, 13, 11, dtype=torch.float32)
+    values = torch.rand(2, 3, 13, 11)
+    expected = bilateral_filter(image, values, 15.0, 50.0)
+    features = bilateral_features(image, 15.0, 50.0)
+    flat = values.permute(0, 2, 3, 1).reshape(2, 13 * 11, 3)
+    lattice_expected = PermutohedralLattice(features).filter(flat)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = bilateral_filter(image, values, 15.0, 50.0)
+        lattice_out = PermutohedralLattice(features).filter(flat)
+    assert out.dtype == torch.float32 and torch.equal(out, expected)
+    assert lattice_out.dtype == torch.float32 and torch.equal(lattice_out, lattice_expected)
+
+
+def test_dense_energy_loss_under_bf16_autocast_gives_the_float32_result():
+    from mcc.losses import dense_energy_loss
+
+    image = random_image(2, 16, 20, dtype=torch.float32)
+    logits = torch.randn(2, 4, 16, 20, requires_grad=True)
+    label = torch.randint(0, 4, (2, 16, 20))
+    expected = dense_energy_loss(image, logits, label)
+    (expected_grad,) = torch.autograd.grad(expected, logits)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = dense_energy_loss(image, logits, label)
+    (grad,) = torch.autograd.grad(loss, logits)
+    assert loss.dtype == torch.float32 and torch.equal(loss, expected) and torch.equal(grad, expected_grad)
+
+
+def test_host_syncs_are_two_per_lattice_and_none_per_filter():
+    # The key range (with the finiteness check) and the number of points; filtering waits for nothing.
+    from host_syncs import count_host_syncs
+
+    image, values = random_image(2, 23, 19, dtype=torch.float32), torch.rand(2, 3, 23, 19)
+    with count_host_syncs() as counts:
+        lattice = PermutohedralLattice(bilateral_features(image, 15.0, 50.0))
+    assert sum(counts.values()) == 2
+    with count_host_syncs() as counts:
+        for _ in range(3):
+            lattice.filter(torch.rand(2, 23 * 19, 3))
+    assert sum(counts.values()) == 0
+    with count_host_syncs() as counts:
+        bilateral_filter(image, values, 15.0, 50.0)
+    assert sum(counts.values()) == 2 * 2  # on the CPU one lattice per image
+    with count_host_syncs() as counts:
+        batched_filter(image, values, 15.0, 50.0)
+    assert sum(counts.values()) == 2  # the CUDA path: one lattice for the batch
+
+
+def test_batched_computation_is_bit_identical_to_one_image_at_a_time():
+    # The CUDA path (one lattice for the batch), run here on the CPU, which goes image by image.
+    image, values = random_image(3, 21, 17, dtype=torch.float32), torch.rand(3, 4, 21, 17)
+    expected = bilateral_filter(image, values, 15.0, 50.0)
+    assert torch.equal(batched_filter(image, values, 15.0, 50.0), expected)
+    for i in range(3):
+        assert torch.equal(
+            bilateral_filter(image[i : i + 1], values[i : i + 1], 15.0, 50.0), expected[i : i + 1]
+        )
+
+
+def test_non_finite_image_is_named_without_a_separate_check():
+    image = random_image(1, 5, 7, dtype=torch.float32)
+    image[0, 1, 2, 3] = float("nan")
+    with pytest.raises(ValueError, match="image must be finite"):
+        bilateral_filter(image, torch.rand(1, 2, 5, 7), 15.0, 50.0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_reordered_and_interleaved_lattices_give_the_same_bits(dtype):
+    # Renumbering the points or the value rows changes no sum (the CRF uses both).
+    features = bilateral_features(random_image(3, 17, 13, dtype=dtype), 15.0, 50.0)  # 221 px: padding
+    lattice = PermutohedralLattice(features)
+    values = torch.rand(3, 17 * 13, 4, dtype=dtype)
+    expected = lattice.filter(values)
+    assert torch.equal(lattice.reordered().filter(values), expected)
+    assert torch.equal(lattice.interleaved().filter(values), expected)
+    assert torch.equal(lattice.reordered().interleaved().filter(values), expected)
+    rows = values.transpose(0, 1).reshape(-1, 4)
+    out = lattice.interleaved().filter_rows(rows).view(17 * 13, 3, 4).transpose(0, 1)
+    assert torch.equal(out, expected)
+    before, after = torch.rand(3, 17 * 13, dtype=dtype), torch.rand(3, 17 * 13, dtype=dtype)
+    scaled = lattice.scaled(before, after).filter(values)
+    assert torch.equal(lattice.interleaved().scaled(before, after).filter(values), scaled)
+    assert torch.equal(lattice.reordered().scaled(before, after).filter(values, plain=True), scaled)
+
+
+def test_filter_rows_reuses_the_buffers_it_is_given():
+    lattice = PermutohedralLattice(bilateral_features(random_image(1, 9, 8, dtype=torch.float32), 15.0, 50.0))
+    values = torch.rand(72, 3)
+    work = [torch.full((lattice.num_points + 1, 3), float("nan")) for _ in range(2)]
+    out = torch.full((72, 3), float("nan"))
+    result = lattice.filter_rows(values, out=out, work=work)
+    assert result.data_ptr() == out.data_ptr()
+    assert torch.equal(result, lattice.filter(values[None])[0])
+
+
+@pytest.mark.cuda
+def test_cuda_batch_equals_one_image_at_a_time_and_autocast_changes_nothing():
+    image = random_image(3, 29, 31, dtype=torch.float32).cuda()
+    values = torch.rand(3, 5, 29, 31).cuda()
+    batched = bilateral_filter(image, values, 15.0, 50.0)
+    for i in range(3):
+        alone = bilateral_filter(image[i : i + 1], values[i : i + 1], 15.0, 50.0)
+        assert (alone - batched[i : i + 1]).abs().max() <= 1e-6 * alone.abs().max()
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        under_autocast = bilateral_filter(image, values, 15.0, 50.0)
+    assert under_autocast.dtype == torch.float32
+    assert (under_autocast - batched).abs().max() <= 1e-6 * batched.abs().max()

@@ -269,3 +269,98 @@ def test_torch_backend_on_cuda_matches_the_cpu():
     on_cpu = DenseCRF(backend="torch", device="cpu").inference(images, probs)
     assert (on_gpu.argmax(1).cpu() == on_cpu.argmax(1)).float().mean() > 0.999
     assert (on_gpu.cpu() - on_cpu).abs().max() < 1e-4
+
+
+def test_torch_backend_batched_computation_is_bit_identical_to_one_image_at_a_time():
+    # The CUDA path: one computation for the batch (the spatial lattice shared, one bilateral lattice for
+    # all images, no loop over images), run here on the CPU, which otherwise goes image by image.
+    _, images, probs = _batch(count=3)
+    crf = DenseCRF(backend="torch", device="cpu")
+    batched = crf._torch_batched(images, probs, 10)
+    assert torch.equal(batched, crf.inference(images, probs))
+    for i in range(3):
+        assert torch.equal(batched[i : i + 1], crf.inference(images[i : i + 1], probs[i : i + 1]))
+
+
+def test_torch_backend_under_bf16_autocast_gives_the_float32_result():
+    # Evaluation opens autocast and then calls the CRF: the lattice runs in float32 regardless.
+    _, images, probs = _batch(count=2)
+    crf = DenseCRF(backend="torch", device="cpu")
+    expected = crf.inference(images, probs)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        marginals = crf.inference(images, probs)
+        from_bf16 = crf.inference(images, probs.bfloat16())
+    assert marginals.dtype == torch.float32 and torch.equal(marginals, expected)
+    assert from_bf16.dtype == torch.float32
+    assert torch.equal(from_bf16, crf.inference(images, probs.bfloat16().float()))
+
+
+def test_torch_backend_reuses_the_spatial_lattice_and_its_buffers_safely():
+    scenes, images, probs = _batch(count=2)
+    crf = DenseCRF(backend="torch", device="cpu")
+    first = crf.inference(images, probs)
+    again = crf.inference(images, probs)
+    assert torch.equal(first, again) and first.data_ptr() != again.data_ptr()
+    other = crf.inference(images[:, :, :20, :25].contiguous(), probs[:, :, :20, :25].contiguous())
+    fresh = DenseCRF(backend="torch", device="cpu")
+    assert torch.equal(other, fresh.inference(images[:, :, :20, :25].contiguous(), probs[:, :, :20, :25]))
+    assert torch.equal(crf.inference(images, probs), first)
+
+
+def test_torch_backend_host_syncs_do_not_grow_with_the_iterations():
+    # Budget: 2 per lattice set-up (key range + finiteness, number of points): the bilateral lattice of
+    # each image (of the batch on CUDA), the spatial one the first time a size is seen; none per
+    # mean-field iteration.
+    from host_syncs import count_host_syncs
+
+    _, images, probs = _batch(count=2)
+    crf = DenseCRF(backend="torch", device="cpu")
+    with count_host_syncs() as first_call:
+        crf.inference(images, probs, iter_max=1)
+    counts = []
+    for steps in (1, 6):
+        with count_host_syncs() as calls:
+            crf.inference(images, probs, iter_max=steps)
+        counts.append(sum(calls.values()))
+    assert sum(first_call.values()) == 2 + 2 * 2
+    assert counts == [2 * 2, 2 * 2]
+    with count_host_syncs() as calls:
+        crf._torch_batched(images, probs, 6)
+    assert sum(calls.values()) == 2
+
+
+@pytest.mark.cuda
+def test_torch_backend_on_cuda_batch_equals_one_by_one_and_ignores_autocast():
+    _, images, probs = _batch(count=3, height=60, width=80, num_classes=6)
+    crf = DenseCRF(backend="torch", device="cuda")
+    images, probs = images.cuda(), probs.cuda()
+    batched = crf.inference(images, probs)
+    for i in range(3):
+        alone = crf.inference(images[i : i + 1], probs[i : i + 1])
+        assert (alone - batched[i : i + 1]).abs().max() < 1e-6
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        under_autocast = crf.inference(images, probs)
+    assert under_autocast.dtype == torch.float32
+    assert (under_autocast - batched).abs().max() < 1e-6
+
+
+@pytest.mark.cuda
+def test_torch_backend_on_cuda_iterations_do_not_synchronize():
+    import warnings
+
+    _, images, probs = _batch(count=2, height=60, width=80, num_classes=6)
+    crf = DenseCRF(backend="torch", device="cuda")
+    images, probs = images.cuda(), probs.cuda()
+    crf.inference(images, probs)
+    counts = []
+    for steps in (1, 6):
+        torch.cuda.synchronize()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                crf.inference(images, probs, iter_max=steps)
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+        counts.append(sum("synchroniz" in str(w.message) for w in caught))
+    assert counts[0] == counts[1]
