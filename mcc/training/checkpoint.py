@@ -124,8 +124,8 @@ def _load_failure(error: Exception) -> str:
     text = str(error)
     if "Weights only load failed" in text or "weights_only" in text:
         return (
-            "cannot be read safely: it is not a checkpoint written by torch.save, or it holds Python objects "
-            "other than tensors and plain values (an mcc checkpoint holds none)"
+            "is corrupt or not a torch checkpoint: it cannot be loaded safely (or it holds Python objects "
+            "other than tensors and plain values, which an mcc checkpoint never does)"
         )
     first = " ".join(text.split("\n")[0].split())
     if "central directory" in first or isinstance(error, EOFError):
