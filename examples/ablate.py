@@ -207,6 +207,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--jobs", type=int, default=1, help="runs at a time, one thread each (default: %(default)s)"
     )
     parser.add_argument("--list", action="store_true", help="print the arms and exit")
+    parser.add_argument(
+        "--no-run",
+        action="store_true",
+        help="only aggregate the runs already finished (e.g. while another ablate.py is still running)",
+    )
     return parser
 
 
@@ -512,6 +517,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     continue
                 print(f"{path}: made with other settings, running it again")
             tasks.append((arm, seed, setup, str(out)))
+    if args.no_run:
+        tasks = []
     print(f"{len(records)} run(s) done before, {len(tasks)} to run on {args.jobs} job(s)", flush=True)
 
     tic = time.perf_counter()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -9,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mcc._checks import check_finite
 from mcc.attention import KeyMaskedViT, ScaledBernoulliKeyMask, patch_vit
 from mcc.cam import cosine_threshold, image_threshold, multi_scale_cam, multi_scale_cam_seg
 from mcc.cam import labels as cam_labels
@@ -354,6 +356,7 @@ class MCCNet(nn.Module):
             ValueError: an ``img_box`` that is not (B, 4) integer rows ``(y0, y1, x0, x1)``, non-empty and
                 inside the crop.
         """
+        self._check_step(step)
         box = self._check_label_inputs(x, cls_label, img_box)
         teacher_seg = None
         if teacher is None:
@@ -492,6 +495,7 @@ class MCCNet(nn.Module):
             ValueError: bad shapes (named), a missing ``strong`` view or ``teacher`` the config needs.
         """
         cfg = self.config
+        self._check_step(step)
         self._check_batch(x, v1, v2, cls_label, img_box)
         self._check_options(x, step, labels, strong, teacher)
         if labels is None and teacher is None and fast and self._label_pass_reuses_main(x):
@@ -751,6 +755,7 @@ class MCCNet(nn.Module):
     def _check_cls_label(self, cls_label: torch.Tensor, batch: int) -> None:
         shape = tuple(getattr(cls_label, "shape", ()))
         if shape == (batch, self.num_classes):
+            check_finite(cls_label, "cls_label")  # CPU tensors (no host sync); see mcc._checks
             return
         message = f"cls_label must have shape (B, C) = ({batch}, {self.num_classes}), got {shape}"
         if len(shape) == 2 and shape[0] == batch and shape[1] == self.num_classes - 1:
@@ -771,12 +776,33 @@ class MCCNet(nn.Module):
             raise ValueError(
                 f"images must be floating (normalised with pixel_mean/pixel_std), got {images.dtype}"
             )
+        self._check_dtype(images, "images")
+        check_finite(images, "images")
         patch = self.encoder.patch_size
         if patch_multiple and (images.shape[-2] % patch[0] or images.shape[-1] % patch[1]):
             raise ValueError(
                 f"images: {images.shape[-2]}x{images.shape[-1]} is not a multiple of the patch size "
                 f"{patch[0]}x{patch[1]} (resize first, or use segment, which resizes)"
             )
+
+    def _check_dtype(self, images: torch.Tensor, name: str) -> None:
+        weight = self.classifier.weight.dtype
+        autocast = torch.is_autocast_enabled(images.device.type) and images.dtype != torch.float64
+        if images.dtype != weight and not autocast:  # autocast casts all but float64
+            raise ValueError(
+                f"{name} are {images.dtype} but the network's weights are {weight}: pass "
+                f"{name}.to({weight}), move the network with net.to({images.dtype}), or run under "
+                "torch.autocast"
+            )
+
+    @staticmethod
+    def _check_step(step: object) -> None:
+        try:
+            value = None if isinstance(step, bool) else operator.index(step)
+        except TypeError:
+            value = None
+        if value is None or value < 0:
+            raise ValueError(f"step must be an integer >= 0 (optimiser steps already taken), got {step!r}")
 
     def _check_labels(self, labels: MCCLabels, x: torch.Tensor) -> None:
         batch, grid = x.shape[0], self.encoder.grid_size(x)
@@ -809,6 +835,8 @@ class MCCNet(nn.Module):
                 )
             if view.shape[0] != x.shape[0]:
                 raise ValueError(f"{name} has batch {view.shape[0]}, x has {x.shape[0]}")
+            self._check_dtype(view, name)
+            check_finite(view, name)  # CPU tensors only (no host sync in the training step)
         if v2.shape != x.shape:
             raise ValueError(
                 f"v2 must be aligned with x (same shape {tuple(x.shape)}), got {tuple(v2.shape)}"

@@ -20,6 +20,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 
+from mcc._checks import check_finite
 from mcc.data import seed_worker
 from mcc.network import MCCConfig, MCCLosses, MCCNet, MCCTrainingStep
 from mcc.schedule import poly_warmup_lr, scaled_warmup_iters
@@ -693,6 +694,7 @@ def train(
             for index, micro in enumerate(micros):
                 if index > 0:
                     teacher.load_state_dict(teacher_before)  # the EMA moves once per optimiser step
+                check_finite(micro["cls_label"], "cls_label of the training batch")  # on CPU: no sync
                 losses = _micro_step(
                     step_module,
                     _to_device(micro, device),
