@@ -3,17 +3,22 @@
 One generated VOC-size scene (375x500, 21 classes, the scene of ``tests/refine/test_dense_crf.py``) with
 the published evaluation parameters ``DenseCRF(10, 1, 1, 121, 5, 4)``. Each row is the median over
 ``--repeats`` calls after one warm-up, in its own process (see ``common.py``), and covers everything a
-call does: unary, both lattices (or pydensecrf's), 10 mean-field iterations, the copy back; wall time
-and this process's CPU time (the fairer number on a shared CPU; on CUDA it only counts the host side). On
-CUDA the torch backend also runs batches of ``--batch`` images through ``DenseCRF.inference`` (time per
-image). Prints a table with each backend's speed-up over pydensecrf2, then one JSON line.
+call does: unary, both lattices (or pydensecrf's; the torch backend's spatial lattice depends only on the
+image size and is built once per size, as in an evaluation), 10 mean-field iterations, the copy back;
+wall time and this process's CPU time (the fairer number on a shared CPU; on CUDA it only counts the host
+side). The torch backend also runs batches of ``--batch`` images through ``DenseCRF.inference`` (time per
+image), on the CPU and on CUDA. Prints a table with each row's speed-up over pydensecrf2, then one JSON
+line with ``crf_cpu_speedup`` (pydensecrf2 CPU s / torch CPU s, one image), ``crf_label_agreement`` and,
+with the extension, ``filter_cpu_speedup`` (rloss CPU s / ``bilateral_filter`` CPU s); on CUDA also
+``crf_cuda_speedup_batch{B}`` (pydensecrf2 wall s / CUDA wall s per image).
 
-    python benchmarks/crf.py --threads 1        # CPU (and CUDA when available), 1 torch thread
+    python benchmarks/crf.py --threads 1                    # CPU rows (and CUDA rows when available)
+    python benchmarks/crf.py --threads 1 --device cuda      # also the CUDA rows; exits 2 without CUDA
 
 With ``--rloss-extension DIR`` (a folder holding the compiled ``bilateralfilter`` module of rloss, see
 ``tests/refine/make_bilateral_reference.py``) it also times :func:`mcc.refine.bilateral_filter` against
 that extension on the regularised loss's input: batch 4, 21 channels, 224x224 (a 448 crop at scale 0.5),
-sigma_rgb 15, sigma_xy 50.
+sigma_rgb 15, sigma_xy 50 (the extension's OpenMP threads are set to ``--threads`` too).
 """
 
 from __future__ import annotations
@@ -102,6 +107,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (the CPU here is shared)")
     parser.add_argument("--repeats", type=int, default=3, help="timed repetitions (median reported)")
     parser.add_argument("--batch", type=int, default=8, help="images per batched CUDA call")
+    parser.add_argument("--cpu-batch", type=int, default=4, help="images per batched CPU call")
+    parser.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
+        help="cpu: CPU rows only; cuda: also the CUDA rows (required); auto: CUDA rows when available",
+    )
     parser.add_argument("--rloss-extension", help="folder of the compiled rloss bilateralfilter module")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--bilateral", action="store_true", help=argparse.SUPPRESS)
@@ -114,6 +126,11 @@ def main() -> None:
         print(json.dumps(bilateral_child(args) if args.bilateral else child(args)))
         return
 
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("crf.py: --device cuda: CUDA is not available on this machine", file=sys.stderr)
+        sys.exit(2)
+    cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
+    os.environ["OMP_NUM_THREADS"] = str(args.threads)  # the rloss extension's threads, in the children
     torch.set_num_threads(args.threads)
     print(f"# {environment()}")
     # Agreement of the two backends on the benchmark's scene (the slow test checks the same figures).
@@ -133,16 +150,18 @@ def main() -> None:
         f"mean {agreement['mean_abs_marginal_diff']:.2e} "
         f"(the CRF changes {100 * agreement['crf_changed_labels']:.1f} % of the unary labels)"
     )
-    runs = [("pydensecrf", False), ("torch-cpu", False)]
-    if torch.cuda.is_available():
+    runs = [("pydensecrf", False), ("torch-cpu", False), ("torch-cpu", True)]
+    if cuda:
         runs += [("torch-cuda", False), ("torch-cuda", True)]
-    common = ["--threads", str(args.threads), "--repeats", str(args.repeats), "--batch", str(args.batch)]
+    common = ["--threads", str(args.threads), "--repeats", str(args.repeats)]
     header = ("backend", "batch", "s/image", "vs pydensecrf", "CPU s/image", "vs pydensecrf", "peak MB")
     print("{:12} {:>6} {:>10} {:>14} {:>12} {:>14} {:>9}".format(*header))
     results = {}
     baseline = None
     for backend, batched in runs:
-        run = run_child(__file__, [*common, "--backend", backend, *(["--batched"] if batched else [])])
+        batch = args.batch if backend == "torch-cuda" else args.cpu_batch
+        extra = ["--batch", str(batch), *(["--batched"] if batched else [])]
+        run = run_child(__file__, [*common, "--backend", backend, *extra])
         per_image = run["median_s"] / run["images"]
         cpu_per_image = run["cpu_s"] / run["images"]
         baseline = (per_image, cpu_per_image) if baseline is None else baseline
@@ -163,7 +182,7 @@ def main() -> None:
     if args.rloss_extension:
         print("# bilateral_filter, batch 4 x 21 channels x 224x224 (rloss input), s per call")
         print("{:12} {:>10} {:>9} {:>12} {:>9}".format("filter", "s", "vs rloss", "CPU s", "vs rloss"))
-        filters = ["rloss", "torch-cpu"] + (["torch-cuda"] if torch.cuda.is_available() else [])
+        filters = ["rloss", "torch-cpu"] + (["torch-cuda"] if cuda else [])
         reference = None
         extension = ["--rloss-extension", os.path.abspath(args.rloss_extension)]
         for backend in filters:
@@ -180,7 +199,20 @@ def main() -> None:
                 f"{backend:12} {row['s']:10.3f} {row['speedup_vs_rloss']:8.2f}x "
                 f"{row['cpu_s']:12.3f} {row['cpu_speedup_vs_rloss']:8.2f}x"
             )
-    print(json.dumps({"benchmark": "crf", "threads": args.threads, "agreement": agreement, **results}))
+    summary = {
+        "benchmark": "crf",
+        "threads": args.threads,
+        "crf_cpu_speedup": results["torch-cpu"]["cpu_speedup_vs_pydensecrf"],
+        "crf_cpu_speedup_batch": results[f"torch-cpu-batch{args.cpu_batch}"]["cpu_speedup_vs_pydensecrf"],
+        "crf_label_agreement": agreement["same_label"],
+    }
+    if "bilateral-torch-cpu" in results:
+        summary["filter_cpu_speedup"] = results["bilateral-torch-cpu"]["cpu_speedup_vs_rloss"]
+    for name, row in results.items():
+        if name.startswith("torch-cuda"):
+            batch = name.split("-batch")[1] if "-batch" in name else "1"
+            summary[f"crf_cuda_speedup_batch{batch}"] = row["speedup_vs_pydensecrf"]
+    print(json.dumps({**summary, "agreement": agreement, **results}))
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ from typing import Any
 import torch
 
 from mcc.cli._common import ArgumentParser, HelpFormatter, run_cli
-from mcc.data import VOCSegmentation, VOCTrainViews, make_synthetic_voc
+from mcc.data import StrongAugment, VOCSegmentation, VOCTrainViews, make_synthetic_voc
 from mcc.network import MCCConfig, MCCNet
 from mcc.training import ConfusionMatrix, TrainSettings, evaluate, train
 from mcc.training.pretrain import ViTArch, load_standin
@@ -77,6 +77,29 @@ PAPER_CONTRAST = {
     "final_cam_positives_from": None,
 }
 
+# DuPL's and CoSA's options on top of released MCC, at the published fractions of the run (values that
+# depend on the run length are functions of ``steps``, resolved by base_config): DuPL's dynamic threshold
+# descends over steps 2000-20000 (10 %-100 %) to per-class targets (the synthetic classes have no hand-set
+# targets: all take DuPL's common 0.55); its filter and consistency start at 8000 (40 %), the filter's
+# 1000 pixels of a 448 px crop scale to 20 of a 64 px one; CoSA's EMA decay 0.9994 over 20000 steps keeps
+# its horizon of 1 / (1 - 0.9994) = 1/12 of the run: 1 - 0.0006 * 20000 / steps.
+DUPL_THRESHOLD = {
+    "dynamic_thre": lambda steps, num_classes: (0.55,) * num_classes,
+    "dynamic_thre_steps": lambda steps, num_classes: (steps // 10, steps),
+}
+DUPL_FILTER = {
+    "gmm_filter_from": lambda steps, num_classes: int(0.4 * steps),
+    "gmm_min_pixels": 20,
+}
+DUPL_CONSISTENCY = {
+    "w_consistency": 0.05,
+    "consistency_from": lambda steps, num_classes: int(0.4 * steps) + 1,
+}
+COSA_TEACHER = {
+    "ema_teacher_decay": lambda steps, num_classes: max(0.0, 1 - 0.0006 * 20000 / steps),
+    "w_seg_to_cam": 0.05,
+}
+
 ARMS: dict[str, Arm] = {
     "base": Arm("pretrained, no masked contrast (w_mcc = 0)", overrides={"w_mcc": 0.0}, reference=None),
     "mcc": Arm("+ masked contrast, released (ratio 0.95)"),
@@ -87,6 +110,21 @@ ARMS: dict[str, Arm] = {
     "no_aff": Arm("released MCC without the affinity loss", overrides={"w_affinity": 0.0}, reference="mcc"),
     "no_par": Arm(
         "released MCC, target = thresholded CAM (no PAR)", overrides={"seg_target": "cam"}, reference="mcc"
+    ),
+    "dupl_threshold": Arm(
+        "released MCC + DuPL's dynamic threshold", overrides=DUPL_THRESHOLD, reference="mcc"
+    ),
+    "dupl_filter": Arm("released MCC + DuPL's GMM label filter", overrides=DUPL_FILTER, reference="mcc"),
+    "dupl_consistency": Arm(
+        "released MCC + DuPL's strong-view consistency", overrides=DUPL_CONSISTENCY, reference="mcc"
+    ),
+    "cosa_teacher": Arm(
+        "released MCC + CoSA's EMA teacher and seg-to-CAM", overrides=COSA_TEACHER, reference="mcc"
+    ),
+    "dupl_cosa_all": Arm(
+        "released MCC + all four of them",
+        overrides={**DUPL_THRESHOLD, **DUPL_FILTER, **DUPL_CONSISTENCY, **COSA_TEACHER},
+        reference="mcc",
     ),
     "base_scratch": Arm(
         "from scratch, no masked contrast", pretrained=False, overrides={"w_mcc": 0.0}, reference=None
@@ -116,16 +154,20 @@ DEFAULT_ARMS = (
 )
 
 
-def base_config(steps: int, **overrides) -> MCCConfig:
+DUPL_COSA_ARMS = ("mcc", "dupl_threshold", "dupl_filter", "dupl_consistency", "cosa_teacher", "dupl_cosa_all")
+
+
+def base_config(steps: int, num_classes: int = 20, **overrides) -> MCCConfig:
     """The released preset with its schedule and sizes scaled to a short run on 64 px images.
 
     Schedule switches at the published fractions of the run (published, of 20000 steps: segmentation
     loss from step 2000 = 10 %, final-CAM positives from 12000 = 60 %). Key-mask cells of one token:
     the 8 x 8 token grid then has 64 cells (published: 7 x 7 = 49), so at ratio 0.95 about 4 % of the
     masked views drop every key (published 8 %; with 2 x 2 cells, 16 cells, it would be 44 %).
-    ``mcc_warmup_steps=-1`` means half of the steps.
+    ``mcc_warmup_steps=-1`` means half of the steps; an override that is a function is called with
+    ``(steps, num_classes)``.
     """
-    overrides = dict(overrides)
+    overrides = {k: v(steps, num_classes) if callable(v) else v for k, v in overrides.items()}
     if overrides.get("mcc_warmup_steps") == -1:
         overrides["mcc_warmup_steps"] = steps // 2
     scaled = {
@@ -165,6 +207,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--jobs", type=int, default=1, help="runs at a time, one thread each (default: %(default)s)"
     )
     parser.add_argument("--list", action="store_true", help="print the arms and exit")
+    parser.add_argument(
+        "--no-run",
+        action="store_true",
+        help="only aggregate the runs already finished (e.g. while another ablate.py is still running)",
+    )
     return parser
 
 
@@ -250,7 +297,6 @@ def _run_one(arm_name: str, seed: int, setup: dict[str, Any], out: Path) -> dict
     arm = ARMS[arm_name]
     root = out / "data"
     steps = setup["steps"]
-    config = base_config(steps, **arm.overrides)
     arch = ViTArch(**setup["arch"])
 
     if arm.pretrained:
@@ -260,6 +306,9 @@ def _run_one(arm_name: str, seed: int, setup: dict[str, Any], out: Path) -> dict
         vit = arch.build(num_classes=0)
     torch.manual_seed(seed)  # the heads: the same for every arm of one seed
     train_set = VOCTrainViews(root, "train", crop_size=arch.img_size, seed=seed)
+    config = base_config(steps, train_set.num_foreground_classes, **arm.overrides)
+    if config.w_consistency:  # DuPL's strong view, drawn after the other views (they stay the same)
+        train_set.strong_view = StrongAugment()
     val_set = VOCSegmentation(root, "val")
     net = MCCNet(vit, train_set.num_foreground_classes, config)
     settings = TrainSettings(
@@ -468,6 +517,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     continue
                 print(f"{path}: made with other settings, running it again")
             tasks.append((arm, seed, setup, str(out)))
+    if args.no_run:
+        tasks = []
     print(f"{len(records)} run(s) done before, {len(tasks)} to run on {args.jobs} job(s)", flush=True)
 
     tic = time.perf_counter()

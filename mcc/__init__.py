@@ -5,24 +5,34 @@ refinement, the MCC losses, and the network and training step assembled from the
 """
 
 from mcc.attention import KeyMaskedAttention, KeyMaskedViT, ScaledBernoulliKeyMask, ViTTokens, patch_vit
-from mcc.cam import CAMExtractor, cam_to_label, extract_cams, multi_scale_cam
+from mcc.cam import (
+    CAMExtractor,
+    cam_to_label,
+    cosine_threshold,
+    extract_cams,
+    image_threshold,
+    multi_scale_cam,
+    multi_scale_cam_seg,
+)
 from mcc.losses import (
     MomentumProjector,
     affinity_labels,
     affinity_loss,
+    consistency_loss,
     dense_energy_loss,
+    discrepancy_loss,
     mcc_infonce,
     positive_views,
+    seg_to_cam_loss,
     segmentation_loss,
 )
 from mcc.network import LargeFOV, MCCConfig, MCCLosses, MCCNet, MCCTrainingStep
-from mcc.refine import PAR, DenseCRF, bilateral_filter, refine_cams_with_background
+from mcc.refine import PAR, DenseCRF, bilateral_filter, gmm_noise_filter, refine_cams_with_background
 from mcc.schedule import poly_warmup_lr
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "PAR",
     "CAMExtractor",
     "DenseCRF",
     "KeyMaskedAttention",
@@ -33,19 +43,27 @@ __all__ = [
     "MCCNet",
     "MCCTrainingStep",
     "MomentumProjector",
+    "PAR",
     "ScaledBernoulliKeyMask",
     "ViTTokens",
     "affinity_labels",
     "affinity_loss",
     "bilateral_filter",
     "cam_to_label",
+    "consistency_loss",
+    "cosine_threshold",
     "dense_energy_loss",
+    "discrepancy_loss",
     "extract_cams",
+    "gmm_noise_filter",
+    "image_threshold",
     "mcc_infonce",
     "multi_scale_cam",
+    "multi_scale_cam_seg",
     "patch_vit",
     "poly_warmup_lr",
     "positive_views",
     "refine_cams_with_background",
+    "seg_to_cam_loss",
     "segmentation_loss",
 ]

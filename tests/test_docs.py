@@ -4,6 +4,9 @@
   temporary working directory with the hub offline. A block may be skipped only with a visible marker
   on the line before its fence, ``<!-- not-run: reason -->``; such blocks are counted and kept rare.
   ``<!-- slow: reason -->`` runs the block but marks its file's session slow.
+* Shell blocks marked ``<!-- run: what they show -->`` run too, in the same working directory, at their
+  place among the file's Python blocks (which make the data they use): each command must exit with 0.
+  ``mcc-*`` console scripts and ``python`` run with this interpreter and the repository on the path.
 * Shell commands (```bash blocks, and lines of unlabelled/text blocks that start with ``python``,
   ``torchrun``, ``make``, ``pip`` or an ``mcc-`` program): every script, module, console script and
   make target they name exists, every pip extra they name is declared, and every ``--option`` they use
@@ -43,7 +46,7 @@ DOC_FILES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 MAX_NOT_RUN = 4  # skipped python blocks in all the docs together: keep them rare
 
 _FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})[ \t]*(?P<lang>[\w+-]*)[^\n]*$")
-_MARKER = re.compile(r"<!--\s*(?P<kind>not-run|slow)\s*:\s*(?P<reason>.*?)\s*-->")
+_MARKER = re.compile(r"<!--\s*(?P<kind>not-run|slow|run)\s*:\s*(?P<reason>.*?)\s*-->")
 _SHELL_LANGS = {"bash", "sh", "shell", "console", "zsh"}
 _PYTHON_LANGS = {"python", "py", "python3"}
 _COMMAND_START = re.compile(
@@ -57,7 +60,7 @@ class Block:
     line: int  # 1-based line of the first code line
     lang: str
     code: str
-    marker: str | None  # "not-run", "slow" or None
+    marker: str | None  # "not-run", "slow", "run" (shell blocks) or None
     reason: str
 
     @property
@@ -104,10 +107,10 @@ def all_blocks() -> tuple[Block, ...]:
 def _python_files() -> list:
     params = []
     for path in DOC_FILES:
-        blocks = [b for b in parse_blocks(path) if b.lang in _PYTHON_LANGS]
+        blocks = [b for b in parse_blocks(path) if b.lang in _PYTHON_LANGS or b.marker == "run"]
         if not blocks:
             continue
-        marks = [pytest.mark.slow] if any(b.marker == "slow" for b in blocks) else []
+        marks = [pytest.mark.slow] if any(b.marker in ("slow", "run") for b in blocks) else []
         params.append(pytest.param(path, id=str(path.relative_to(ROOT)), marks=marks))
     return params
 
@@ -137,6 +140,10 @@ def test_python_blocks_run(path, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     namespace = {"__name__": "__docs__"}
     for block in parse_blocks(path):
+        if block.marker == "run" and block.lang in _SHELL_LANGS:
+            for line in _commands_of(block):
+                _run_shell_command(line, block, tmp_path)
+            continue
         if block.lang not in _PYTHON_LANGS or block.marker == "not-run":
             continue
         # Pad so that tracebacks give the line numbers of the Markdown file.
@@ -145,6 +152,34 @@ def test_python_blocks_run(path, tmp_path, monkeypatch):
             exec(code, namespace)
         except Exception as error:  # noqa: BLE001 - re-raised with the block's place
             raise AssertionError(f"code block at {block.where} failed: {error!r}") from error
+
+
+def _run_shell_command(line: str, block: Block, cwd: Path) -> None:
+    """Runs one documented command: ``mcc-*`` and ``python`` with this interpreter and this checkout."""
+    tokens = shlex.split(line, comments=True)
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    while tokens and re.match(r"^[A-Z_][A-Z0-9_]*=", tokens[0]):
+        key, _, value = tokens.pop(0).partition("=")
+        env[key] = value
+    program, args = tokens[0], tokens[1:]
+    if program.startswith("mcc-"):
+        entry = _pyproject()["project"]["scripts"][program]
+        module, func = entry.split(":")
+        code = f"import sys; sys.argv[0] = {program!r}; from {module} import {func} as main; sys.exit(main())"
+        argv = [sys.executable, "-c", code, *args]
+    elif re.search(r"(^|/)python3?$", program):
+        argv = [sys.executable, *args]
+    else:
+        raise AssertionError(f"{block.where}: a run block may only run mcc-* and python, not {program!r}")
+    done = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, f"{block.where}: {line!r} failed:\n{done.stdout}\n{done.stderr}"
+
+
+def test_run_blocks_are_shell_blocks():
+    for block in all_blocks():
+        if block.marker == "run":
+            assert block.lang in _SHELL_LANGS, f"{block.where}: only bash blocks take the run marker"
 
 
 def test_skipped_python_blocks_are_rare_and_say_why():

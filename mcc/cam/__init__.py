@@ -2,6 +2,15 @@
 
 from mcc.cam.extractor import CAMExtractor, extract_cams
 from mcc.cam.labels import cam_to_label
-from mcc.cam.multi_scale import multi_scale_cam
+from mcc.cam.multi_scale import multi_scale_cam, multi_scale_cam_seg
+from mcc.cam.thresholds import cosine_threshold, image_threshold
 
-__all__ = ["CAMExtractor", "cam_to_label", "extract_cams", "multi_scale_cam"]
+__all__ = [
+    "CAMExtractor",
+    "cam_to_label",
+    "cosine_threshold",
+    "extract_cams",
+    "image_threshold",
+    "multi_scale_cam",
+    "multi_scale_cam_seg",
+]

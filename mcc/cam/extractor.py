@@ -11,7 +11,8 @@ result is normalised exactly as the MCC/ToCo/AFA code does (docs/method.md secti
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -66,6 +67,20 @@ def _submodule(model: nn.Module, value: str | nn.Module, name: str) -> nn.Module
             f"{name}: the model ({type(model).__name__}) has no sub-module {value!r} "
             f"(its children: {children})"
         ) from None
+
+
+class CamFunction(NamedTuple):
+    """What a network offers :class:`CAMExtractor` through its ``cam_function(aux=False)`` method.
+
+    Attributes:
+        fn: ``fn(images) -> cams``: raw class maps (N, C, h, w) of images (N, 3, H, W) of any size.
+        num_outputs: C, the number of maps.
+        scales: the network's default multi-scale factors.
+    """
+
+    fn: Callable[[torch.Tensor], torch.Tensor]
+    num_outputs: int
+    scales: tuple[float, ...]
 
 
 class CAMExtractor:
@@ -134,8 +149,9 @@ class CAMExtractor:
     ) -> None:
         if not isinstance(model, nn.Module):
             raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        from mcc.network import MCCNet  # here, not at the top: mcc.network imports mcc.cam
-
+        # A network that offers its CAM function (MCCNet.cam_function) is used through it, so this module
+        # needs nothing from the packages above it.
+        offers_cams = callable(getattr(model, "cam_function", None))
         self.model = model
         self.flip = bool(flip)
         self.aux = bool(aux)
@@ -144,18 +160,19 @@ class CAMExtractor:
         self._vit_wrapper: nn.Module | None = None
         if (feature_layer is None) != (classifier is None):
             raise ValueError("feature_layer and classifier must be given together (or neither)")
-        if aux and not isinstance(model, MCCNet):
+        if aux and not offers_cams:
             raise ValueError(
                 f"aux=True needs an MCCNet (its auxiliary classifier), got {type(model).__name__}"
             )
+        self._cam_function: CamFunction | None = None
 
         if feature_layer is not None:
             self.kind = "hook"
             self._feature_layer = _submodule(model, feature_layer, "feature_layer")
             self._weight_source = _submodule(model, classifier, "classifier")
-        elif isinstance(model, MCCNet):
+        elif offers_cams:
             self.kind = "mcc"
-            self._weight_source = model.aux_classifier if aux else model.classifier
+            self._cam_function = model.cam_function(aux=aux)
         elif _is_timm_vit(model):
             self.kind = "vit"
             if getattr(model, "global_pool", "token") == "map":
@@ -180,10 +197,13 @@ class CAMExtractor:
                 "is the (B, D, h, w) map that is globally pooled) and classifier= (the nn.Linear or 1x1 "
                 "nn.Conv2d after the pooling)"
             )
-        self.num_outputs = _linear_weight(self._weight_source, "classifier").shape[0]
+        if self._cam_function is not None:
+            self.num_outputs = int(self._cam_function.num_outputs)
+        else:
+            self.num_outputs = _linear_weight(self._weight_source, "classifier").shape[0]
 
         if scales is None:
-            scales = model.config.cam_scales if isinstance(model, MCCNet) else DEFAULT_SCALES
+            scales = self._cam_function.scales if self._cam_function is not None else DEFAULT_SCALES
         self.scales = tuple(float(s) for s in scales)
         if not self.scales or any(s <= 0 for s in self.scales):
             raise ValueError(f"scales must be a non-empty list of factors > 0, got {scales}")
@@ -266,8 +286,7 @@ class CAMExtractor:
             images: (N, 3, H, W), normalised as the model expects, on the model's device.
         """
         if self.kind == "mcc":
-            cams, cams_aux = self.model.cams(resize_to_patch_multiple(images, self.model.encoder.patch_size))
-            cams = cams_aux if self.aux else cams
+            cams = self._cam_function.fn(images)
             return cams if self.classes is None else cams[:, self.classes]
         if self.kind == "vit":
             features = self._vit_patches(

@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-__all__ = ["multi_scale_cam"]
+__all__ = ["multi_scale_cam", "multi_scale_cam_seg"]
 
 CamFn = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor | None] | torch.Tensor]
 
@@ -243,3 +243,83 @@ def resize_to_patch_multiple(images: torch.Tensor, patch: tuple[int, int]) -> to
     if size == (height, width):
         return images
     return F.interpolate(images, size=size, mode="bilinear", align_corners=False)
+
+
+SegCamFn = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+
+
+@torch.no_grad()
+def multi_scale_cam_seg(
+    fn: SegCamFn,
+    images: torch.Tensor,
+    scales: Sequence[float] = (1.0, 0.5, 1.5),
+    flip: bool = True,
+    *,
+    aux_from_last_scale: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """CAMs and summed segmentation logits in one multi-scale + flip pass (CoSA's teacher pass).
+
+    CoSA (Yang et al., ECCV 2024; github.com/youshyee/CoSA) makes its pseudo labels from one pass of its
+    EMA teacher that returns CAMs and segmentation logits at once. ``cam`` and ``cam_aux`` are computed
+    exactly as :func:`multi_scale_cam` computes them. The segmentation logits of every scale are resized
+    bilinearly (``align_corners=False``) to ``H x W``, the mirrored half is flipped back and **added**,
+    and the results are **summed** over scales (CoSA: 6 maps); no ReLU, no normalisation.
+
+    Args:
+        fn: ``fn(images) -> (cam, cam_aux, seg_logits)``, shapes ``(N, C, h, w)``, ``(N, C, h', w')``
+            and ``(N, K, h'', w'')`` for ``N`` images (e.g. token resolution).
+        images: input batch, shape (B, 3, H, W).
+        scales: resize factors, each > 0 (CoSA: 1.0, 0.5, 1.5).
+        flip: also run the horizontally flipped images.
+        aux_from_last_scale: reproduce the published CoSA code, whose overwritten list makes ``cam_aux``
+            the last scale's map only (still min-max normalised). Default False: summed over the scales.
+
+    Returns:
+        ``(cam, cam_aux, seg_logits)``: (B, C, H, W) and (B, C, H, W) in [0, 1), (B, K, H, W) float32;
+        no gradient.
+
+    Raises:
+        ValueError: as :func:`multi_scale_cam`, or an ``fn`` that does not return three maps of batch N.
+
+    Example:
+        >>> weight = torch.randn(21, 3)
+        >>> def fn(x):
+        ...     maps = torch.einsum("kc,bchw->bkhw", weight, F.avg_pool2d(x, 16))
+        ...     return maps[:, 1:], maps[:, 1:], maps
+        >>> cam, cam_aux, seg = multi_scale_cam_seg(fn, torch.rand(2, 3, 64, 48))
+        >>> seg.shape
+        torch.Size([2, 21, 64, 48])
+    """
+    if images.ndim != 4:
+        raise ValueError(f"images must have shape (B, 3, H, W), got {tuple(images.shape)}")
+    if len(scales) == 0:
+        raise ValueError("scales must not be empty")
+    batch, _, height, width = images.shape
+    sizes = [(int(s * height), int(s * width)) for s in scales]
+    for s, (h, w) in zip(scales, sizes, strict=True):
+        if s <= 0 or h < 1 or w < 1:
+            raise ValueError(f"scales: factor {s} gives an empty {h}x{w} image from {height}x{width}")
+
+    cam_sum = aux_sum = seg_sum = None
+    for size in sizes:
+        x = images
+        if size != (height, width):
+            x = F.interpolate(images, size=size, mode="bilinear", align_corners=False)
+        if flip:
+            x = torch.cat([x, x.flip(-1)], dim=0)
+        returned = fn(x)
+        if not isinstance(returned, tuple) or len(returned) != 3:
+            kind = f"a tuple of {len(returned)}" if isinstance(returned, tuple) else type(returned).__name__
+            raise ValueError(f"fn must return a tuple (cam, cam_aux, seg_logits), got {kind}")
+        cam, cam_aux, seg = returned
+        for name, maps in (("cam", cam), ("cam_aux", cam_aux), ("seg_logits", seg)):
+            _check_maps(name, maps, x.shape[0])
+        cam = _merge_resized(_resize(cam, (height, width), images.device), batch, flip)
+        cam_aux = _merge_resized(_resize(cam_aux, (height, width), images.device), batch, flip)
+        seg = _resize(seg, (height, width), images.device)
+        if flip:
+            seg = seg[:batch] + seg[batch:].flip(-1)
+        cam_sum = cam if cam_sum is None else cam_sum + cam
+        aux_sum = cam_aux if aux_sum is None or aux_from_last_scale else aux_sum + cam_aux
+        seg_sum = seg if seg_sum is None else seg_sum + seg
+    return _min_max(cam_sum), _min_max(aux_sum), seg_sum

@@ -75,6 +75,8 @@ def user_error_message(error: BaseException) -> str | None:
 
 def _os_error_text(error: OSError) -> str:
     text = str(error)
+    if isinstance(error, FileExistsError):  # makedirs over a file
+        return f"{error.filename} exists and is not a folder"
     if text.startswith("[Errno") and error.strerror:  # "[Errno 2] No such file ...: 'x'" from the OS
         return f"{error.strerror}: {error.filename}"
     return text
@@ -316,12 +318,29 @@ def open_split(args: argparse.Namespace) -> VOCSegmentation:
 def check_classes(dataset, net, data_root: str) -> None:
     """Refuses a dataset whose classes are not the network's, saying why.
 
+    The checkpoint's recorded class names (``net.class_names``, see
+    :func:`~mcc.training.net_from_checkpoint`) are compared with the dataset's: other names give a
+    warning on stderr; the same names in another order are refused.
+
     Raises:
-        UserError: the counts differ; when the root has no ``classes.txt`` (its names are the PASCAL VOC
-            defaults) the message says so.
+        UserError: the counts differ (when the root has no ``classes.txt``, whose names are then the PASCAL
+            VOC defaults, the message says so), or the same classes come in another order.
     """
     count = len(dataset.class_names)
+    recorded = getattr(net, "class_names", None)
     if count == net.num_classes + 1:
+        names = list(dataset.class_names)
+        if recorded and recorded != names:
+            message = (
+                f"--data-root {data_root} names its classes {names[1:]}, the checkpoint was trained on "
+                f"{recorded[1:]}"
+            )
+            if sorted(recorded) == sorted(names):  # the same classes in another order: wrong indices
+                raise UserError(
+                    f"{message}: the same classes in another order, so every mask index would mean another "
+                    "class; write the checkpoint's order into the root's classes.txt (background first)"
+                )
+            print(f"warning: {message}; the scores are named after the root's", file=sys.stderr)
         return
     message = (
         f"--data-root {data_root} has {count} classes (background included), the checkpoint's network "

@@ -1,12 +1,17 @@
-"""Training command line (timm ``train.py`` style): ``mcc-train-voc`` and ``mcc-train-coco``.
+"""Training command line (timm ``train.py`` style): ``mcc-train``, ``mcc-train-voc`` and ``mcc-train-coco``.
 
+    mcc-train --images photos --labels tags.csv --classes classes.txt --pretrained-file deit_base.pth
+    python -m mcc.cli.train --images VOC2012/JPEGImages --labels VOC2012/Annotations --val-root VOC2012
     mcc-train-voc --data-root VOCdevkit/VOC2012 --pretrained-file deit_base.pth
     torchrun --nproc_per_node=4 -m mcc.cli.train voc --data-root VOCdevkit/VOC2012 --amp
     python -m mcc.cli.train coco --data-root coco_voc_layout --max-iters 8000 --schedule scaled
 
 Argument defaults (the published run of the dataset), optionally replaced by a YAML file (``--config``),
 then by the command line; the resolved arguments are written to ``<work-dir>/args.yaml`` next to the
-checkpoints. The work is done by :func:`mcc.training.train`; see docs/training.md.
+checkpoints. ``mcc-train`` reads image-level tags (a CSV, JSON, ``cls_labels_onehot.npy``, VOC XML or
+COCO instances file, :func:`mcc.data.read_tags`) instead of a VOC-layout root and takes VOC's published
+defaults (``--recipe coco`` for COCO's). The work is done by :func:`mcc.training.train`; see
+docs/training.md and docs/own-data.md.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import dataclasses
 import json
 import random
 import sys
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +40,7 @@ from mcc.cli._common import (
     run_cli,
     unit_float,
 )
-from mcc.data import VOCSegmentation, VOCTrainViews
+from mcc.data import StrongAugment, TagImages, TagTrainViews, VOCSegmentation, VOCTrainViews, read_tags
 from mcc.data.transforms import pixel_stats
 from mcc.network import MCCConfig, MCCNet
 from mcc.schedule import scaled_warmup_iters
@@ -52,6 +58,7 @@ __all__ = [
     "build_parser",
     "main",
     "main_coco",
+    "main_tags",
     "main_voc",
     "backbone_pixel_stats",
     "build_backbone",
@@ -113,21 +120,76 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
     """Shows every option's default and keeps the description's line breaks."""
 
 
-def build_parser(dataset: str) -> argparse.ArgumentParser:
-    """The training command line with the published defaults of ``dataset`` ("voc" or "coco")."""
+def build_parser(dataset: str, tags: bool = False) -> argparse.ArgumentParser:
+    """The training command line with the published defaults of ``dataset`` ("voc" or "coco").
+
+    With ``tags`` the command line of ``mcc-train``: the training images come from ``--images`` and
+    ``--labels`` (image-level tags) instead of a VOC-layout root; ``dataset`` (``--recipe``) gives the
+    defaults and the :class:`~mcc.MCCConfig` preset.
+    """
     if dataset not in DATASET_DEFAULTS:
         raise ValueError(f"dataset must be one of {sorted(DATASET_DEFAULTS)}, got {dataset!r}")
     d = DATASET_DEFAULTS[dataset]
-    parser = ArgumentParser(
-        prog=f"mcc-train-{dataset}",
-        description=f"Train MCC on {dataset.upper()} (single process, or torchrun --nproc_per_node=N).",
-        formatter_class=HelpFormatter,
+    if tags:
+        parser = ArgumentParser(
+            prog="mcc-train",
+            description="Train MCC from image-level tags: a folder of images and a label file, no masks "
+            "(single process, or torchrun --nproc_per_node=N). See docs/own-data.md.",
+            formatter_class=HelpFormatter,
+        )
+    else:
+        parser = ArgumentParser(
+            prog=f"mcc-train-{dataset}",
+            description=f"Train MCC on {dataset.upper()} (single process, or torchrun --nproc_per_node=N).",
+            formatter_class=HelpFormatter,
+        )
+    parser.add_argument(
+        "--config",
+        default=None,
+        help="YAML file of argument defaults (keys as below), or the name of one shipped with mcc: "
+        f"{', '.join(shipped_configs())}",
     )
-    parser.add_argument("--config", default=None, help="YAML file of argument defaults (keys as below)")
     data = parser.add_argument_group("data")
-    data.add_argument("--data-root", default=None, help="dataset root in VOC layout (docs/data.md); required")
-    data.add_argument("--train-split", default=d["train_split"], help="split list of the training images")
-    data.add_argument("--val-split", default=d["val_split"], help="'' for no evaluation during training")
+    if tags:
+        data.add_argument(
+            "--recipe",
+            choices=sorted(DATASET_DEFAULTS),
+            default=dataset,
+            help="whose published run gives the defaults (steps, batch, thresholds) and the MCCConfig preset",
+        )
+        data.add_argument("--images", default=None, help="folder the label file's images are relative to")
+        data.add_argument(
+            "--labels",
+            default=None,
+            help="image-level labels: CSV (image,labels or image,<class>,...), JSON {image: [tags]}, "
+            "cls_labels_onehot.npy, a folder of VOC XML (Annotations/) or a COCO instances JSON; required",
+        )
+        data.add_argument(
+            "--classes",
+            default=None,
+            help="class names in order, one per line (None: the label file's, else sorted, with a warning)",
+        )
+        data.add_argument(
+            "--ids", default=None, help="only the images of this list (one id per line, e.g. a split list)"
+        )
+        data.add_argument(
+            "--val-root", default=None, help="validation root in VOC layout (with masks): CAM and seg mIoU"
+        )
+        data.add_argument("--val-split", default=d["val_split"], help="split of --val-root to score")
+        data.add_argument(
+            "--val-labels",
+            default=None,
+            help="validation tags (any --labels format): classification mAP and F1 at the end",
+        )
+        data.add_argument(
+            "--val-images", default=None, help="folder of --val-labels' images (None: --images)"
+        )
+    else:
+        data.add_argument(
+            "--data-root", default=None, help="dataset root in VOC layout (docs/data.md); required"
+        )
+        data.add_argument("--train-split", default=d["train_split"], help="split list of the training images")
+        data.add_argument("--val-split", default=d["val_split"], help="'' for no evaluation during training")
     data.add_argument(
         "--crop-size", type=positive_int, default=448, help="side of the training crops, pixels"
     )
@@ -200,7 +262,11 @@ def build_parser(dataset: str) -> argparse.ArgumentParser:
     schedule.add_argument("--seed", type=int, default=0, help="seed of the model, batch order and key masks")
 
     run = parser.add_argument_group("run")
-    run.add_argument("--work-dir", default=f"work_dirs/mcc_{dataset}", help="checkpoints, config and logs")
+    run.add_argument(
+        "--work-dir",
+        default="work_dirs/mcc_tags" if tags else f"work_dirs/mcc_{dataset}",
+        help="checkpoints, config and logs",
+    )
     run.add_argument("--resume", default=None, help="checkpoint path, or 'auto' (<work-dir>/last.pt if any)")
     run.add_argument(
         "--stop-after", type=positive_int, default=None, help="stop after N steps (resume later)"
@@ -238,8 +304,34 @@ def build_parser(dataset: str) -> argparse.ArgumentParser:
     )
     run.add_argument("--best-metric", choices=("seg", "cam"), default="seg", help="mIoU that picks best.pt")
     run.add_argument("--tensorboard", action="store_true", help="log to <work-dir>/tb")
-    parser.set_defaults(dataset=dataset)
+    parser.set_defaults(dataset=dataset, source="tags" if tags else "root")
     return parser
+
+
+def shipped_configs() -> list[str]:
+    """Names of the ``--config`` files shipped with the package (``mcc/configs/<name>.yaml``)."""
+    folder = resources.files("mcc").joinpath("configs")
+    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def config_path(text: str) -> Path | None:
+    """The file of ``--config``: a path, else a shipped config's name (``voc_released``, with or without
+    ``.yaml``); None when neither exists."""
+    path = Path(text)
+    if path.is_file():
+        return path
+    name = text[: -len(".yaml")] if text.endswith(".yaml") else text
+    if "/" not in name and name in shipped_configs():
+        return Path(str(resources.files("mcc").joinpath("configs", f"{name}.yaml")))
+    return None
+
+
+def build_tags_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """``mcc-train``'s parser, with the defaults of the ``--recipe`` named in ``argv`` (default VOC)."""
+    pre = ArgumentParser(prog="mcc-train", add_help=False)
+    pre.add_argument("--recipe", choices=sorted(DATASET_DEFAULTS), default="voc")
+    known, _ = pre.parse_known_args(argv)
+    return build_parser(known.recipe, tags=True)
 
 
 def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> argparse.Namespace:
@@ -252,10 +344,16 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None = None) -
             import yaml
         except ImportError:
             parser.error("--config needs pyyaml: pip install pyyaml (or the 'examples' extra)")
-        path = Path(known.config)
-        if not path.is_file():
-            parser.error(f"--config: file not found: {path}")
-        values = yaml.safe_load(path.read_text()) or {}
+        path = config_path(known.config)
+        if path is None:
+            parser.error(
+                f"--config: file not found: {known.config} (nor a config shipped with mcc: "
+                f"{', '.join(shipped_configs())})"
+            )
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as error:
+            parser.error(f"--config: {path} is not valid YAML: {' '.join(str(error).split())}")
         if not isinstance(values, dict):
             parser.error(f"--config: {path} must hold a mapping of argument names to values")
         values = {key.replace("-", "_"): value for key, value in values.items()}
@@ -270,7 +368,15 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None = None) -
     args = parser.parse_args(argv)
     if known.config:
         check_typed_defaults(parser, args)
-    if not args.data_root:
+    if getattr(args, "source", "root") == "tags":
+        args.dataset = args.recipe
+        missing = [name for name in ("images", "labels") if not getattr(args, name)]
+        if missing:
+            parser.error(
+                f"{' and '.join('--' + m for m in missing)} required (on the command line or in --config); "
+                "for a VOC-layout root use mcc-train-voc / mcc-train-coco (python -m mcc.cli.train voc ...)"
+            )
+    elif not args.data_root:
         parser.error("--data-root is required (on the command line or in --config)")
     if args.max_iters < 1:
         parser.error(f"--max-iters must be >= 1, got {args.max_iters}")
@@ -345,6 +451,8 @@ def build_backbone(args: argparse.Namespace, parser: argparse.ArgumentParser | N
             nor found in the local cache (offline), or ``--pretrained-file`` does not exist: one line
             that says what to pass instead. Without ``parser`` the original exception propagates.
     """
+    if "img_size" in dict(args.vit):
+        raise UserError("--vit img_size: the crop size is --crop-size (timm's img_size follows it)")
     try:
         return build_vit(
             args.model, args.pretrained, args.pretrained_file, img_size=args.crop_size, **dict(args.vit)
@@ -357,6 +465,8 @@ def build_backbone(args: argparse.Namespace, parser: argparse.ArgumentParser | N
             message = f"--crop-size {args.crop_size}: {message}"
         elif message.startswith("name:"):
             message = f"--model{message[len('name') :]}"
+        elif message.startswith("pretrained_file"):
+            message = f"--pretrained-file{message[len('pretrained_file') :]}"
         elif any(message.startswith(f"{key}=") for key, _ in args.vit):
             message = f"--vit {message}"
         raise UserError(message) from error
@@ -418,6 +528,42 @@ def write_args(args: argparse.Namespace, work_dir: Path) -> None:
     (work_dir / "args.yaml").write_text(text)
 
 
+def _read_ids(path: str, parser: argparse.ArgumentParser) -> list[str]:
+    file = Path(path)
+    if not file.is_file():
+        parser.error(f"--ids: file not found: {file}")
+    return [line.split()[0] for line in file.read_text().splitlines() if line.strip()]
+
+
+def read_training_tags(args: argparse.ArgumentParser, parser: argparse.ArgumentParser):
+    """The training and validation tags of ``mcc-train`` (:func:`~mcc.data.read_tags`), checked before any
+    work: a bad label file, tag, missing image or class mismatch exits with one line (status 2).
+
+    Returns:
+        (training :class:`~mcc.data.ImageTags`, validation tags or None).
+    """
+    ids = _read_ids(args.ids, parser) if args.ids else None
+    try:
+        tags = read_tags(args.labels, args.images, args.classes, ids=ids)
+        val_tags = None
+        if args.val_labels:
+            val_tags = read_tags(args.val_labels, args.val_images or args.images, tags.class_names[1:])
+    except (FileNotFoundError, ValueError) as error:
+        parser.error(" ".join(str(error).split()))
+    if args.val_root:
+        try:
+            root = VOCSegmentation(args.val_root, args.val_split, validate=False)
+        except (FileNotFoundError, ValueError) as error:
+            parser.error(f"--val-root: {error}")
+        if list(root.class_names) != list(tags.class_names):
+            parser.error(
+                f"--val-root {args.val_root} has the classes {root.class_names[1:]} (classes.txt, or VOC's), "
+                f"the training labels {tags.class_names[1:]}: they must be the same, in the same order "
+                "(give --classes, or write the root's classes.txt)",
+            )
+    return tags, val_tags
+
+
 def set_tf32(enabled: bool) -> None:
     """``--tf32``: matmul precision "high" and TF32 convolutions, else full float32 for both."""
     torch.set_float32_matmul_precision("high" if enabled else "highest")
@@ -425,28 +571,40 @@ def set_tf32(enabled: bool) -> None:
 
 
 def main(dataset: str, argv: list[str] | None = None) -> None:
-    """Parses the command line and trains (``mcc-train-voc`` and ``mcc-train-coco``); a user's mistake is
-    one line on stderr and exit status 2 (:func:`mcc.cli._common.run_cli`)."""
-    run_cli(f"mcc-train-{dataset}", _main, dataset, argv)
+    """Parses the command line and trains (``mcc-train``, ``mcc-train-voc``, ``mcc-train-coco``); a user's
+    mistake is one line on stderr and exit status 2 (:func:`mcc.cli._common.run_cli`).
+
+    Args:
+        dataset: ``"voc"`` or ``"coco"`` (a VOC-layout root), or ``"tags"`` (``mcc-train``).
+        argv: the arguments (default ``sys.argv[1:]``).
+    """
+    run_cli("mcc-train" if dataset == "tags" else f"mcc-train-{dataset}", _main, dataset, argv)
 
 
 def _main(dataset: str, argv: list[str] | None = None) -> None:
-    parser = build_parser(dataset)
+    from_tags = dataset == "tags"
+    parser = build_tags_parser(argv) if from_tags else build_parser(dataset)
     args = parse_args(parser, argv)
+    dataset = args.dataset
     try:
         config = mcc_config(args)
     except ValueError as error:
         parser.error(str(error))
+    tags, val_tags = read_training_tags(args, parser) if from_tags else (None, None)
     context = init_distributed(args.device, timeout_s=args.dist_timeout)
     set_tf32(args.tf32)
     try:
         seed_everything(args.seed)  # same seed on every rank: DDP also broadcasts rank 0's weights
         model_kwargs = dict(args.vit)
         # the data first: its mistakes are found before a download; the datasets draw no random numbers
-        train_set = VOCTrainViews(
-            args.data_root, args.train_split, crop_size=args.crop_size, seed=args.data_seed
-        )
-        val_set = VOCSegmentation(args.data_root, args.val_split) if args.val_split else None
+        if from_tags:
+            train_set = TagTrainViews(tags, crop_size=args.crop_size, seed=args.data_seed)
+            val_set = VOCSegmentation(args.val_root, args.val_split) if args.val_root else None
+        else:
+            train_set = VOCTrainViews(
+                args.data_root, args.train_split, crop_size=args.crop_size, seed=args.data_seed
+            )
+            val_set = VOCSegmentation(args.data_root, args.val_split) if args.val_split else None
         vit = build_backbone(args, parser)
         try:
             mean, std = backbone_pixel_stats(vit, args)
@@ -456,6 +614,8 @@ def _main(dataset: str, argv: list[str] | None = None) -> None:
         for dataset_ in (train_set, val_set):
             if dataset_ is not None:
                 dataset_.mean, dataset_.std = mean, std
+        if config.w_consistency:  # DuPL's consistency term needs its strong view of every crop
+            train_set.strong_view = StrongAugment()
         try:
             net = MCCNet(vit, train_set.num_foreground_classes, config, pixel_mean=mean, pixel_std=std)
         except ValueError as error:
@@ -488,8 +648,9 @@ def _main(dataset: str, argv: list[str] | None = None) -> None:
         )
         if context.is_main:
             write_args(args, Path(args.work_dir))
+            what = f"tags of {args.labels}" if from_tags else dataset
             print(
-                f"{dataset}: {len(train_set)} training images, "
+                f"{what}: {len(train_set)} training images, {train_set.num_foreground_classes} classes, "
                 f"world size {context.world_size}, {context.device}"
             )
             if args.schedule == "scaled":
@@ -504,7 +665,8 @@ def _main(dataset: str, argv: list[str] | None = None) -> None:
             "crop_size": args.crop_size,
             "pixel_mean": list(mean),
             "pixel_std": list(std),
-            "dataset": dataset,
+            "dataset": "tags" if from_tags else dataset,
+            "class_names": list(train_set.class_names),
             "args": vars(args),
         }
         result = train(
@@ -515,6 +677,8 @@ def _main(dataset: str, argv: list[str] | None = None) -> None:
             context=context,
             extra_config=json.loads(json.dumps(extra, default=str)),
         )
+        if val_tags is not None:
+            _score_tags(net, val_tags, mean, std, args, context, result.step)
         if context.is_main:
             best = "none" if result.best is None else f"{100 * result.best[0]:.2f} at step {result.best[1]}"
             print(
@@ -524,6 +688,42 @@ def _main(dataset: str, argv: list[str] | None = None) -> None:
     finally:
         cleanup_distributed()
         sys.stdout.flush()
+
+
+def _score_tags(net, val_tags, mean, std, args, context, step: int) -> None:
+    """Classification mAP / F1 of the trained network on ``--val-labels``, added to ``metrics.json``."""
+    from mcc.training.outputs import write_json
+    from mcc.training.predict import evaluate_tags
+
+    dataset = TagImages(val_tags, mean=mean, std=std)
+    record = evaluate_tags(
+        net,
+        dataset,
+        device=context.device,
+        max_images=args.eval_max_images,
+        rank=context.rank,
+        world_size=context.world_size,
+        autocast_dtype=torch.bfloat16 if args.amp and context.device.type == "cuda" else None,
+    )
+    if not context.is_main:
+        return
+    path = Path(args.work_dir) / "metrics.json"
+    metrics = json.loads(path.read_text()) if path.is_file() else {}
+    metrics["tags"] = {"iteration": step, "labels": str(args.val_labels), "scores": record}
+    write_json(path, metrics)
+    print(
+        f"tags of {args.val_labels} ({record['num_images']} images): mAP "
+        f"{_pct(record['map'])}, F1 {_pct(record['f1'])} (threshold {record['threshold']})"
+    )
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
+
+
+def main_tags(argv: list[str] | None = None) -> None:
+    """Console script ``mcc-train``: train from image-level tags (``--images``, ``--labels``)."""
+    main("tags", argv)
 
 
 def main_voc(argv: list[str] | None = None) -> None:
@@ -537,14 +737,21 @@ def main_coco(argv: list[str] | None = None) -> None:
 
 
 def _module_main(argv: list[str] | None = None) -> None:
+    """``python -m mcc.cli.train [voc|coco] [options]``: ``mcc-train`` without a first argument,
+    ``mcc-train-voc`` / ``mcc-train-coco`` with one."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] in (["-h"], ["--help"]):
-        print("usage: python -m mcc.cli.train {voc,coco} [options]; the options (VOC defaults shown):\n")
-        print(build_parser("voc").format_help())
+    if argv and argv[0] in DATASET_DEFAULTS:
+        main(argv[0], argv[1:])
         return
-    if not argv or argv[0] not in DATASET_DEFAULTS:
-        sys.exit("usage: python -m mcc.cli.train {voc,coco} [options]   (python -m mcc.cli.train voc --help)")
-    main(argv[0], argv[1:])
+    if argv[:1] in (["-h"], ["--help"]):
+        print(
+            "usage: python -m mcc.cli.train [options]             (mcc-train: from tags, options below)\n"
+            "       python -m mcc.cli.train {voc,coco} [options]  (mcc-train-voc / mcc-train-coco: a "
+            "VOC-layout root; python -m mcc.cli.train voc --help)\n"
+        )
+        print(build_tags_parser(argv).format_help())
+        return
+    main("tags", argv)
 
 
 if __name__ == "__main__":

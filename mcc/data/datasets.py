@@ -11,9 +11,11 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from mcc.data.layout import IGNORE_INDEX, DatasetRoot, read_image, read_mask
+from mcc.data.strong_view import StrongAugment
 from mcc.data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
+    CropGeometry,
     PhotometricAugment,
     normalize,
     pixel_stats,
@@ -21,7 +23,7 @@ from mcc.data.transforms import (
     sample_resized_crop,
 )
 
-__all__ = ["VOCSegmentation", "VOCTrainViews", "seed_worker"]
+__all__ = ["TrainViews", "VOCSegmentation", "VOCTrainViews", "seed_worker"]
 
 
 def seed_worker(worker_id: int) -> None:
@@ -119,7 +121,142 @@ class VOCSegmentation(_RootDataset):
         return sample
 
 
-class VOCTrainViews(_RootDataset):
+class TrainViews(Dataset):
+    """The three training views of MCC from decoded images: the augmentation every training set shares.
+
+    Subclasses say where the images and labels come from: :class:`VOCTrainViews` (a VOC-layout root)
+    and :class:`~mcc.data.TagTrainViews` (image files with image-level tags). They call
+    :meth:`_init_views`, set ``labels`` ((N, C - 1) float32) and ``class_names`` (background first) and
+    implement ``__len__`` and ``_load(index) -> (RGB PIL image, id)``; :meth:`views` does the rest, so
+    the same image, label, seed and index give identical tensors whatever the source.
+    """
+
+    _default = object()
+    labels: np.ndarray
+    class_names: list[str]
+
+    def _init_views(
+        self,
+        *,
+        crop_size: int,
+        scale_range: tuple[float, float],
+        flip_p: float,
+        global_size: int | None,
+        global_scale: tuple[float, float],
+        x_photometric,
+        v1_photometric,
+        v2_photometric,
+        seed: int | None,
+        mean: tuple[float, float, float],
+        std: tuple[float, float, float],
+        strong_view: StrongAugment | None = None,
+    ) -> None:
+        """Checks and stores the view settings (the arguments of :class:`VOCTrainViews` of that name)."""
+        self.mean, self.std = pixel_stats(mean, std)
+        if strong_view is not None and not callable(strong_view):
+            raise ValueError(f"strong_view: expected a StrongAugment or None, got {type(strong_view)}")
+        self.strong_view = strong_view
+        if crop_size <= 0:
+            raise ValueError(f"crop_size: expected a positive int, got {crop_size}")
+        if global_size is not None and global_size <= 0:
+            raise ValueError(f"global_size: expected a positive int or None, got {global_size}")
+        if not 0 < scale_range[0] <= scale_range[1]:
+            raise ValueError(f"scale_range: expected 0 < low <= high, got {scale_range}")
+        if not 0 < global_scale[0] <= global_scale[1] <= 1:
+            raise ValueError(f"global_scale: expected 0 < low <= high <= 1, got {global_scale}")
+        if not 0 <= flip_p <= 1:
+            raise ValueError(f"flip_p: expected a probability in [0, 1], got {flip_p}")
+        self.crop_size = crop_size
+        self.scale_range = scale_range
+        self.flip_p = flip_p
+        self.global_size = global_size or crop_size
+        self.global_scale = global_scale
+        self.x_photometric = PhotometricAugment() if x_photometric is self._default else x_photometric
+        self.v1_photometric = (
+            PhotometricAugment(blur_p=0.1, solarize_p=0.2)
+            if v1_photometric is self._default
+            else v1_photometric
+        )
+        self.v2_photometric = (
+            PhotometricAugment(blur_p=0.5) if v2_photometric is self._default else v2_photometric
+        )
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch's views when ``seed`` is set (like ``DistributedSampler.set_epoch``)."""
+        self.epoch = epoch
+
+    def _generator(self, index: int) -> torch.Generator:
+        if self.seed is None:
+            seed = int(torch.randint(2**62, ()))
+        else:
+            seed = int(np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(1, np.uint64)[0])
+        return torch.Generator().manual_seed(seed)
+
+    def _finish(self, region: Image.Image, photometric: PhotometricAugment | None, generator) -> torch.Tensor:
+        if photometric is not None:
+            region = photometric(region, generator)
+        return normalize(region, self.mean, self.std)
+
+    def _load(self, index: int) -> tuple[Image.Image, str]:
+        raise NotImplementedError
+
+    def views(self, image: Image.Image, index: int) -> tuple[dict, CropGeometry]:
+        """``x``, ``v1``, ``v2``, ``cls_label`` and ``img_box`` of sample ``index`` from its decoded image.
+
+        Returns:
+            the sample (without ``id``) and the crop geometry of ``x`` and ``v2`` (to crop a mask alike).
+        """
+        generator = self._generator(index)
+        # one child generator per view: each view's stream is independent of the others' settings
+        x_gen, v1_gen, v2_gen = (
+            torch.Generator().manual_seed(int(s)) for s in torch.randint(2**62, (3,), generator=generator)
+        )
+
+        geometry = sample_crop_geometry(
+            image.height, image.width, self.crop_size, self.scale_range, self.flip_p, generator
+        )
+        region = geometry.crop(image, Image.Resampling.BILINEAR)
+        x_region = region if self.x_photometric is None else self.x_photometric(region, x_gen)
+        x = geometry.paste(normalize(x_region, self.mean, self.std))
+        v2 = geometry.paste(self._finish(region, self.v2_photometric, v2_gen))
+
+        top, left, height, width = sample_resized_crop(
+            image.height, image.width, self.global_scale, (3 / 4, 4 / 3), v1_gen
+        )
+        flip_v1 = torch.rand((), generator=v1_gen).item() < self.flip_p
+        view = image.resize(
+            (self.global_size, self.global_size),
+            Image.Resampling.BILINEAR,
+            box=(left, top, left + width, top + height),
+        )
+        if flip_v1:
+            view = view.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        v1 = self._finish(view, self.v1_photometric, v1_gen)
+
+        sample = {
+            "x": x,
+            "v1": v1,
+            "v2": v2,
+            "cls_label": torch.from_numpy(self.labels[index]),
+            "img_box": torch.tensor(geometry.box, dtype=torch.long),
+        }
+        if self.strong_view is not None:
+            # drawn last, so the other views do not depend on whether this one is made
+            strong_gen = torch.Generator().manual_seed(int(torch.randint(2**62, (), generator=generator)))
+            strong = normalize(self.strong_view(x_region, strong_gen), self.mean, self.std)
+            sample["strong"] = geometry.paste(strong).flip(-1)  # DuPL's strong view is always mirrored
+        return sample, geometry
+
+    def __getitem__(self, index: int) -> dict:
+        image, image_id = self._load(index)
+        sample, _ = self.views(image, index)
+        sample["id"] = image_id
+        return sample
+
+
+class VOCTrainViews(TrainViews, _RootDataset):
     """The three training views of MCC (docs/method.md section 2) with the image-level label.
 
     * ``x``: rescale by a factor in ``scale_range``, horizontal flip, ``crop_size`` crop with zero padding
@@ -153,6 +290,10 @@ class VOCTrainViews(_RootDataset):
             labels during training and for tests; never a training signal in weak supervision).
         mask_dir, validate, mean, std: as in :class:`VOCSegmentation` (default ImageNet's statistics;
             pass the backbone's, the same as :class:`~mcc.MCCNet`'s ``pixel_mean``/``pixel_std``).
+        strong_view: DuPL's strong perturbation (:class:`~mcc.data.StrongAugment`), or None. When set,
+            each sample also holds ``strong``: ``x`` (after its photometric changes) perturbed by it,
+            pasted like ``x`` and then mirrored as a whole (DuPL flips every strong view), the input of
+            the consistency term (``MCCConfig.w_consistency``).
 
     A sample is a dict:
 
@@ -160,10 +301,9 @@ class VOCTrainViews(_RootDataset):
     * ``v1``: (3, global_size, global_size) float32, normalised with ``mean``/``std``;
     * ``cls_label``: (C - 1,) float32, multi-hot over foreground classes;
     * ``img_box``: (4,) int64, ``(y0, y1, x0, x1)``: rows/columns of the crop covered by the image;
+    * with ``strong_view``: ``strong``, (3, crop_size, crop_size) float32, normalised, mirrored;
     * ``id``: str; with ``return_mask``: ``mask``, (crop_size, crop_size) int64, 255 outside the box.
     """
-
-    _default = object()
 
     def __init__(
         self,
@@ -175,103 +315,46 @@ class VOCTrainViews(_RootDataset):
         flip_p: float = 0.5,
         global_size: int | None = None,
         global_scale: tuple[float, float] = (0.4, 1.0),
-        x_photometric: PhotometricAugment | None = _default,
-        v1_photometric: PhotometricAugment | None = _default,
-        v2_photometric: PhotometricAugment | None = _default,
+        x_photometric: PhotometricAugment | None = TrainViews._default,
+        v1_photometric: PhotometricAugment | None = TrainViews._default,
+        v2_photometric: PhotometricAugment | None = TrainViews._default,
         seed: int | None = None,
         return_mask: bool = False,
         mask_dir: str | None = None,
         validate: bool = True,
         mean: tuple[float, float, float] = IMAGENET_MEAN,
         std: tuple[float, float, float] = IMAGENET_STD,
+        strong_view: StrongAugment | None = None,
     ) -> None:
-        self.mean, self.std = pixel_stats(mean, std)
-        if crop_size <= 0:
-            raise ValueError(f"crop_size: expected a positive int, got {crop_size}")
-        if global_size is not None and global_size <= 0:
-            raise ValueError(f"global_size: expected a positive int or None, got {global_size}")
-        if not 0 < scale_range[0] <= scale_range[1]:
-            raise ValueError(f"scale_range: expected 0 < low <= high, got {scale_range}")
-        if not 0 < global_scale[0] <= global_scale[1] <= 1:
-            raise ValueError(f"global_scale: expected 0 < low <= high <= 1, got {global_scale}")
-        if not 0 <= flip_p <= 1:
-            raise ValueError(f"flip_p: expected a probability in [0, 1], got {flip_p}")
+        self._init_views(
+            crop_size=crop_size,
+            scale_range=scale_range,
+            flip_p=flip_p,
+            global_size=global_size,
+            global_scale=global_scale,
+            x_photometric=x_photometric,
+            v1_photometric=v1_photometric,
+            v2_photometric=v2_photometric,
+            seed=seed,
+            mean=mean,
+            std=std,
+            strong_view=strong_view,
+        )
         self.data = DatasetRoot(root, split, mask_dir=mask_dir, validate=validate)
         self.labels = self.data.image_labels()
-        self.crop_size = crop_size
-        self.scale_range = scale_range
-        self.flip_p = flip_p
-        self.global_size = global_size or crop_size
-        self.global_scale = global_scale
-        self.x_photometric = PhotometricAugment() if x_photometric is self._default else x_photometric
-        self.v1_photometric = (
-            PhotometricAugment(blur_p=0.1, solarize_p=0.2)
-            if v1_photometric is self._default
-            else v1_photometric
-        )
-        self.v2_photometric = (
-            PhotometricAugment(blur_p=0.5) if v2_photometric is self._default else v2_photometric
-        )
-        self.seed = seed
-        self.epoch = 0
         self.return_mask = return_mask
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch's views when ``seed`` is set (like ``DistributedSampler.set_epoch``)."""
-        self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.data.ids)
 
-    def _generator(self, index: int) -> torch.Generator:
-        if self.seed is None:
-            seed = int(torch.randint(2**62, ()))
-        else:
-            seed = int(np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(1, np.uint64)[0])
-        return torch.Generator().manual_seed(seed)
-
-    def _finish(self, region: Image.Image, photometric: PhotometricAugment | None, generator) -> torch.Tensor:
-        if photometric is not None:
-            region = photometric(region, generator)
-        return normalize(region, self.mean, self.std)
+    def _load(self, index: int) -> tuple[Image.Image, str]:
+        image_id = self.data.ids[index]
+        return read_image(self.data.image_path(image_id)), image_id
 
     def __getitem__(self, index: int) -> dict:
-        image_id = self.data.ids[index]
-        image = read_image(self.data.image_path(image_id))
-        generator = self._generator(index)
-        # one child generator per view: each view's stream is independent of the others' settings
-        x_gen, v1_gen, v2_gen = (
-            torch.Generator().manual_seed(int(s)) for s in torch.randint(2**62, (3,), generator=generator)
-        )
-
-        geometry = sample_crop_geometry(
-            image.height, image.width, self.crop_size, self.scale_range, self.flip_p, generator
-        )
-        region = geometry.crop(image, Image.Resampling.BILINEAR)
-        x = geometry.paste(self._finish(region, self.x_photometric, x_gen))
-        v2 = geometry.paste(self._finish(region, self.v2_photometric, v2_gen))
-
-        top, left, height, width = sample_resized_crop(
-            image.height, image.width, self.global_scale, (3 / 4, 4 / 3), v1_gen
-        )
-        flip_v1 = torch.rand((), generator=v1_gen).item() < self.flip_p
-        view = image.resize(
-            (self.global_size, self.global_size),
-            Image.Resampling.BILINEAR,
-            box=(left, top, left + width, top + height),
-        )
-        if flip_v1:
-            view = view.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        v1 = self._finish(view, self.v1_photometric, v1_gen)
-
-        sample = {
-            "x": x,
-            "v1": v1,
-            "v2": v2,
-            "cls_label": torch.from_numpy(self.labels[index]),
-            "img_box": torch.tensor(geometry.box, dtype=torch.long),
-            "id": image_id,
-        }
+        image, image_id = self._load(index)
+        sample, geometry = self.views(image, index)
+        sample["id"] = image_id
         if self.return_mask:
             mask = read_mask(self.data.mask_path(image_id), self.num_classes, size=image.size)
             mask_region = geometry.crop(Image.fromarray(mask), Image.Resampling.NEAREST)

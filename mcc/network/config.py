@@ -6,7 +6,14 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["MCCConfig"]
+__all__ = ["DUPL_VOC_THRESHOLDS", "MCCConfig"]
+
+# DuPL's per-class targets of the dynamic foreground threshold on VOC (train_final_voc.py): 0.70 for
+# aeroplane, bicycle, bird, boat, chair and train, 0.55 for the other 14 classes.
+DUPL_VOC_THRESHOLDS = (
+    0.70, 0.70, 0.70, 0.70, 0.55, 0.55, 0.55, 0.55, 0.70, 0.55,
+    0.55, 0.55, 0.55, 0.55, 0.55, 0.55, 0.55, 0.55, 0.70, 0.55,
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -79,6 +86,39 @@ class MCCConfig:
         mcc_warmup_steps: ramp ``w_mcc`` linearly from 0 over this many steps (0 = full weight from the
             first step, as paper and code do; an option for small or from-scratch runs, see
             docs/ablation.md).
+
+    Options from DuPL (Wu et al., CVPR 2024; github.com/Wu0409/DuPL) and CoSA (Yang et al., ECCV 2024;
+    github.com/youshyee/CoSA), all off by default (docs/dupl_cosa.md):
+
+    Attributes:
+        dynamic_thre: DuPL's dynamic foreground threshold of the token labels and the segmentation
+            pseudo label: per-class targets (C values; ``"dupl_voc"`` = :data:`DUPL_VOC_THRESHOLDS`), or
+            None (off: ``high_thre`` throughout). Each class descends from ``dynamic_thre_start`` to its
+            target (:func:`~mcc.cam.cosine_threshold`); an image uses the max over its classes
+            (:func:`~mcc.cam.image_threshold`). Positiveness keeps ``high_thre``.
+        dynamic_thre_start: the value the descent starts from; None = ``high_thre`` (DuPL: 0.7).
+        dynamic_thre_steps: ``(begin, end)``: ``high_thre`` before ``begin``, the descent over
+            ``end - begin`` steps from it (DuPL VOC: 2000, 20000).
+        gmm_filter_from: DuPL's noise filter (:func:`~mcc.refine.gmm_noise_filter`) on the segmentation
+            pseudo label from this step on, with the decoder's own per-pixel loss; None = off (DuPL: 8000
+            of 20000). The filtered label feeds the segmentation and consistency losses.
+        gmm_min_pixels: the filter's ``min_pixels`` (DuPL: 1000 at 448 x 448 crops).
+        gmm_min_mean_gap: its ``min_mean_gap`` (DuPL: 1.0).
+        gmm_prob_thre: its ``prob_thre`` (DuPL: 0.95).
+        w_consistency: weight of DuPL's :func:`~mcc.losses.consistency_loss` of the strong view
+            (DuPL: 0.05); 0 = off. Needs the batch's ``strong`` view
+            (``VOCTrainViews(strong_view=StrongAugment())``).
+        consistency_from: the consistency term counts from this step on (DuPL: 8001, as its loop weighs
+            it 0 while ``n_iter <= 8000``).
+        consistency_conf_thre: its ``conf_thre`` (DuPL: 0.9).
+        strong_scale: the network sees the strong view resized by this factor (DuPL: 0.75).
+        ema_teacher_decay: CoSA's teacher: the labels (CAMs for positiveness, token and segmentation
+            labels) come from an EMA copy of the network, ``AveragedModel(net,
+            multi_avg_fn=get_ema_multi_avg_fn(decay))`` passed as ``teacher``; None = off (CoSA: 0.9994).
+            :func:`~mcc.training.train` keeps it.
+        w_seg_to_cam: weight of CoSA's :func:`~mcc.losses.seg_to_cam_loss` from the teacher's
+            segmentation, from ``seg_start_step`` on (CoSA: 0.05); needs ``ema_teacher_decay``.
+        seg_to_cam_temperature: its ``temperature`` (CoSA: 0.01).
     """
 
     aux_layer: int = -3
@@ -123,6 +163,20 @@ class MCCConfig:
     decoder_init: Literal["default", "kaiming"] = "default"
     seg_target: Literal["par", "cam"] = "par"
     mcc_warmup_steps: int = 0
+    dynamic_thre: tuple[float, ...] | None = None
+    dynamic_thre_start: float | None = None
+    dynamic_thre_steps: tuple[int, int] = (2000, 20000)
+    gmm_filter_from: int | None = None
+    gmm_min_pixels: int = 1000
+    gmm_min_mean_gap: float = 1.0
+    gmm_prob_thre: float = 0.95
+    w_consistency: float = 0.0
+    consistency_from: int = 8001
+    consistency_conf_thre: float = 0.9
+    strong_scale: float = 0.75
+    ema_teacher_decay: float | None = None
+    w_seg_to_cam: float = 0.0
+    seg_to_cam_temperature: float = 0.01
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.mask_ratio < 1.0:
@@ -135,6 +189,8 @@ class MCCConfig:
             raise ValueError(f"infonce_variant must be 'reference' or 'paper', got {self.infonce_variant!r}")
         if self.num_views < 1 or self.mask_scale < 1:
             raise ValueError("num_views and mask_scale must be >= 1")
+        if not self.cam_scales or not all(s > 0 for s in self.cam_scales):
+            raise ValueError(f"cam_scales must be a non-empty sequence of factors > 0, got {self.cam_scales}")
         if not 0.0 <= self.momentum <= 1.0:
             raise ValueError(f"momentum must be in [0, 1], got {self.momentum}")
         if self.par_image not in ("uint8", "float"):
@@ -148,6 +204,40 @@ class MCCConfig:
             raise ValueError(f"seg_target must be 'par' or 'cam', got {self.seg_target!r}")
         if self.mcc_warmup_steps < 0:
             raise ValueError(f"mcc_warmup_steps must be >= 0, got {self.mcc_warmup_steps}")
+        self._check_dupl_cosa()
+
+    def _check_dupl_cosa(self) -> None:
+        if self.dynamic_thre == "dupl_voc":
+            object.__setattr__(self, "dynamic_thre", DUPL_VOC_THRESHOLDS)
+        if self.dynamic_thre is not None:
+            if isinstance(self.dynamic_thre, str) or not all(
+                isinstance(t, int | float) and 0.0 <= t <= 1.0 for t in self.dynamic_thre
+            ):
+                raise ValueError(
+                    "dynamic_thre must be None, 'dupl_voc' or per-class thresholds in [0, 1], "
+                    f"got {self.dynamic_thre!r}"
+                )
+            object.__setattr__(self, "dynamic_thre", tuple(float(t) for t in self.dynamic_thre))
+            low = min((*self.dynamic_thre, self.dynamic_start))
+            if low < self.low_thre:
+                raise ValueError(f"dynamic_thre: thresholds must be >= low_thre ({self.low_thre}), got {low}")
+        begin, end = self.dynamic_thre_steps
+        if not 0 <= begin <= end - 2:
+            raise ValueError(
+                f"dynamic_thre_steps must be (begin, end) with 0 <= begin <= end - 2, got {(begin, end)}"
+            )
+        if self.gmm_min_pixels < 0:
+            raise ValueError(f"gmm_min_pixels must be >= 0, got {self.gmm_min_pixels}")
+        if not 0.0 <= self.gmm_prob_thre <= 1.0:
+            raise ValueError(f"gmm_prob_thre must be in [0, 1], got {self.gmm_prob_thre}")
+        if not 0.0 < self.strong_scale <= 1.0:
+            raise ValueError(f"strong_scale must be in (0, 1], got {self.strong_scale}")
+        if self.ema_teacher_decay is not None and not 0.0 <= self.ema_teacher_decay < 1.0:
+            raise ValueError(f"ema_teacher_decay must be None or in [0, 1), got {self.ema_teacher_decay}")
+        if self.w_seg_to_cam != 0.0 and self.ema_teacher_decay is None:
+            raise ValueError("w_seg_to_cam needs the EMA teacher's segmentation: set ema_teacher_decay too")
+        if not self.seg_to_cam_temperature > 0:
+            raise ValueError(f"seg_to_cam_temperature must be > 0, got {self.seg_to_cam_temperature}")
 
     @classmethod
     def released(cls, dataset: Literal["voc", "coco"] = "voc", **overrides) -> MCCConfig:
@@ -184,7 +274,8 @@ class MCCConfig:
         shorter run with them unchanged never trains the decoder. ``seg_start_step`` and
         ``final_cam_positives_from`` (when set) become :func:`~mcc.schedule.scale_step`
         ``(step, max_iters, published_iters)``, i.e. ``round(step * max_iters / published_iters)``, at
-        least 1; every other field is unchanged. Scale the warm-up with
+        least 1, and so do the steps of the DuPL options (``dynamic_thre_steps``, ``gmm_filter_from``,
+        ``consistency_from``); every other field is unchanged. Scale the warm-up with
         :func:`~mcc.schedule.scaled_warmup_iters` (``TrainSettings(warmup_iters=...)``).
 
         Args:
@@ -201,13 +292,19 @@ class MCCConfig:
         """
         from mcc.schedule import scale_step
 
-        switch = self.final_cam_positives_from
-        if switch is not None:
-            switch = scale_step(switch, max_iters, published_iters)
+        def scaled(step: int | None) -> int | None:
+            return None if step is None else scale_step(step, max_iters, published_iters)
+
+        begin, end = self.dynamic_thre_steps
+        begin = scaled(begin) if begin > 0 else 0
+        end = max(scaled(end), begin + 2)  # a descent needs two steps
         return dataclasses.replace(
             self,
-            seg_start_step=scale_step(self.seg_start_step, max_iters, published_iters),
-            final_cam_positives_from=switch,
+            seg_start_step=scaled(self.seg_start_step),
+            final_cam_positives_from=scaled(self.final_cam_positives_from),
+            dynamic_thre_steps=(begin, end),
+            gmm_filter_from=scaled(self.gmm_filter_from),
+            consistency_from=scaled(self.consistency_from),
         )
 
     def positives_from_final_cam(self, step: int) -> bool:
@@ -222,6 +319,23 @@ class MCCConfig:
     def reg_weight(self, step: int) -> float:
         """Weight of the regularised loss at ``step``: ``w_reg`` from ``seg_start_step`` on, else 0."""
         return self.w_reg if step >= self.seg_start_step else 0.0
+
+    @property
+    def dynamic_start(self) -> float:
+        """The value the dynamic threshold descends from: ``dynamic_thre_start``, or ``high_thre``."""
+        return self.high_thre if self.dynamic_thre_start is None else self.dynamic_thre_start
+
+    def gmm_filter_on(self, step: int) -> bool:
+        """Whether the noise filter acts on the segmentation pseudo label at ``step``."""
+        return self.gmm_filter_from is not None and step >= self.gmm_filter_from
+
+    def consistency_weight(self, step: int) -> float:
+        """Weight of the consistency term at ``step``: ``w_consistency`` from ``consistency_from`` on."""
+        return self.w_consistency if step >= self.consistency_from else 0.0
+
+    def seg_to_cam_weight(self, step: int) -> float:
+        """Weight of the seg-to-CAM term at ``step``: ``w_seg_to_cam`` from ``seg_start_step`` on."""
+        return self.w_seg_to_cam if step >= self.seg_start_step else 0.0
 
     def mcc_weight(self, step: int) -> float:
         """Weight of the masked contrast at ``step``: ``w_mcc``, ramped over ``mcc_warmup_steps``."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -9,24 +10,28 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mcc._checks import check_finite
 from mcc.attention import KeyMaskedViT, ScaledBernoulliKeyMask, patch_vit
+from mcc.cam import cosine_threshold, image_threshold, multi_scale_cam, multi_scale_cam_seg
 from mcc.cam import labels as cam_labels
-from mcc.cam import multi_scale_cam
+from mcc.cam.extractor import CamFunction
 from mcc.cam.labels import _inside, _label_from_cam
-from mcc.cam.multi_scale import _deferred_multi_scale_cam
+from mcc.cam.multi_scale import _deferred_multi_scale_cam, resize_to_patch_multiple
 from mcc.losses import (
     MomentumProjector,
     affinity_labels,
     affinity_loss,
+    consistency_loss,
     dense_energy_loss,
     mcc_infonce,
     positive_views,
+    seg_to_cam_loss,
 )
 from mcc.losses._utils import autocast_off, full_precision
 from mcc.losses.segmentation import _segmentation_loss
 from mcc.network.config import MCCConfig
 from mcc.network.decoder import LargeFOV
-from mcc.refine import PAR
+from mcc.refine import PAR, gmm_noise_filter
 from mcc.refine.background import _refine
 
 __all__ = ["MCCLabels", "MCCLosses", "MCCNet", "MCCTrainingStep"]
@@ -47,6 +52,10 @@ class MCCLosses(NamedTuple):
         seg: segmentation loss against the PAR-refined pseudo label (counted from ``seg_start_step``).
         reg: regularised loss :func:`~mcc.losses.dense_energy_loss` of the decoder output (counted with
             weight ``w_reg`` from ``seg_start_step``; a zero tensor, not computed, while that weight is 0).
+        consistency: DuPL's :func:`~mcc.losses.consistency_loss` of the strong view (weight
+            ``w_consistency`` from ``consistency_from``; a zero tensor, not computed, while that is 0).
+        seg_to_cam: CoSA's :func:`~mcc.losses.seg_to_cam_loss` from the EMA teacher's segmentation
+            (weight ``w_seg_to_cam`` from ``seg_start_step``; a zero tensor, not computed, while 0).
         positive_rate: fraction of local views judged positive (a statistic, no gradient).
     """
 
@@ -57,6 +66,8 @@ class MCCLosses(NamedTuple):
     mcc: torch.Tensor
     seg: torch.Tensor
     reg: torch.Tensor
+    consistency: torch.Tensor
+    seg_to_cam: torch.Tensor
     positive_rate: torch.Tensor
 
     def as_dict(self) -> dict[str, float]:
@@ -74,6 +85,8 @@ class MCCLabels(NamedTuple):
         positive: positiveness of each local view (Eq. 8), bool (B, V).
         token_label: three-way token labels for the affinity loss (Eq. 11), long (B, h, w).
         pseudo_label: PAR-refined segmentation pseudo label, long (B, H, W).
+        teacher_seg: with a teacher (CoSA), its segmentation logits summed over scales and flips,
+            (B, C+1, H, W) (:func:`~mcc.cam.multi_scale_cam_seg`); None without one.
     """
 
     cam: torch.Tensor
@@ -82,6 +95,7 @@ class MCCLabels(NamedTuple):
     positive: torch.Tensor
     token_label: torch.Tensor
     pseudo_label: torch.Tensor
+    teacher_seg: torch.Tensor | None = None
 
 
 class MCCNet(nn.Module):
@@ -123,6 +137,11 @@ class MCCNet(nn.Module):
         self.config = config or MCCConfig.released()
         self.num_classes = num_classes
         cfg = self.config
+        if cfg.dynamic_thre is not None and len(cfg.dynamic_thre) != num_classes:
+            raise ValueError(
+                f"config.dynamic_thre has {len(cfg.dynamic_thre)} per-class thresholds, the network "
+                f"{num_classes} classes"
+            )
         if hasattr(vit, "reset_classifier"):
             vit.reset_classifier(0)  # timm's own head is unused here (and would stall DDP)
         self.encoder: KeyMaskedViT = patch_vit(vit, aux_layer=cfg.aux_layer)
@@ -190,6 +209,29 @@ class MCCNet(nn.Module):
         self._check_images(images, patch_multiple=True)
         tokens = self.encoder(images)
         return self._cam(tokens.patches, self.classifier), self._cam(tokens.aux, self.aux_classifier)
+
+    def cam_function(self, aux: bool = False) -> CamFunction:
+        """This network's CAM function for :class:`~mcc.CAMExtractor`: images of any size are resized to
+        whole patches, the maps are the final classifier's (``aux=True``: the auxiliary one's)."""
+        patch = self.encoder.patch_size
+
+        def fn(images: torch.Tensor) -> torch.Tensor:
+            return self.cams(resize_to_patch_multiple(images, patch))[1 if aux else 0]
+
+        return CamFunction(fn, self.num_classes, tuple(self.config.cam_scales))
+
+    def cams_and_segmentation(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Raw CAMs (final, auxiliary) and segmentation logits of one forward, at token resolution.
+
+        This is the ``fn`` of :func:`~mcc.multi_scale_cam_seg` (CoSA's teacher pass).
+        """
+        self._check_images(images, patch_multiple=True)
+        tokens = self.encoder(images)
+        return (
+            self._cam(tokens.patches, self.classifier),
+            self._cam(tokens.aux, self.aux_classifier),
+            self.decoder(tokens.patches),
+        )
 
     @torch.no_grad()
     def multi_scale_cams(
@@ -285,6 +327,7 @@ class MCCNet(nn.Module):
         *,
         key_mask: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
+        teacher: MCCNet | None = None,
     ) -> MCCLabels:
         """Everything a training step derives from the CAMs, without gradient.
 
@@ -302,6 +345,9 @@ class MCCNet(nn.Module):
             key_mask: dropped keys of the V local views, bool (B, V, h*w); drawn with the config's
                 :class:`~mcc.attention.ScaledBernoulliKeyMask` and ``generator`` when None.
             generator: random source of the key masks.
+            teacher: CoSA's EMA teacher (``config.ema_teacher_decay``): a network of the same build, e.g.
+                ``AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(0.9994)).module``, whose CAMs and
+                segmentation make the labels; None = this network's CAMs.
 
         Returns:
             :class:`MCCLabels`.
@@ -310,9 +356,16 @@ class MCCNet(nn.Module):
             ValueError: an ``img_box`` that is not (B, 4) integer rows ``(y0, y1, x0, x1)``, non-empty and
                 inside the crop.
         """
+        self._check_step(step)
         box = self._check_label_inputs(x, cls_label, img_box)
-        cam, cam_aux = self.multi_scale_cams(x)
-        return self._labels_from_cams(x, cls_label, box, step, cam, cam_aux, key_mask, generator)
+        teacher_seg = None
+        if teacher is None:
+            cam, cam_aux = self.multi_scale_cams(x)
+        else:  # CoSA: labels from the EMA teacher, its segmentation for the seg-to-CAM loss
+            cam, cam_aux, teacher_seg = multi_scale_cam_seg(
+                teacher.cams_and_segmentation, x, self.config.cam_scales
+            )
+        return self._labels_from_cams(x, cls_label, box, step, cam, cam_aux, key_mask, generator, teacher_seg)
 
     def _check_label_inputs(self, x, cls_label, img_box) -> torch.Tensor | None:
         """The checked box of :meth:`make_labels`, checked once (a box on the host is read there, no sync)."""
@@ -322,7 +375,9 @@ class MCCNet(nn.Module):
         return cam_labels.check_img_box(img_box, x.shape[0], x.shape[-2:], x.device)
 
     @torch.no_grad()
-    def _labels_from_cams(self, x, cls_label, box, step, cam, cam_aux, key_mask, generator) -> MCCLabels:
+    def _labels_from_cams(
+        self, x, cls_label, box, step, cam, cam_aux, key_mask, generator, teacher_seg=None
+    ) -> MCCLabels:
         """:meth:`make_labels` after the multi-scale CAMs (``box``: checked by ``_check_label_inputs``)."""
         cfg = self.config
         batch = x.shape[0]
@@ -334,6 +389,7 @@ class MCCNet(nn.Module):
         # The labels below take the box as masks (pixel and token units).
         inside = None if box is None else _inside(box, x.shape[-2:])
         token_inside = None if box is None else _inside(self._box_to_tokens(box), grid)
+        high_thre = self.foreground_threshold(cls_label, step)  # DuPL's dynamic threshold when set
 
         # Key masks and positiveness of the local views (Eq. 8-9) on the CAM at token resolution.
         if key_mask is None:
@@ -345,13 +401,13 @@ class MCCNet(nn.Module):
         # Token labels for the affinity loss (Eq. 11) from the aux CAM, the box in token units.
         aux_tokens = F.interpolate(cam_aux, size=grid, mode="bilinear", align_corners=False)
         token_label = _label_from_cam(
-            aux_tokens, cls_label, None, cfg.low_thre, cfg.high_thre, token_inside, cfg.ignore_index
+            aux_tokens, cls_label, None, cfg.low_thre, high_thre, token_inside, cfg.ignore_index
         )
 
         # The segmentation pseudo label: final CAM refined by PAR on the RGB crop.
         if cfg.seg_target == "cam":  # ablation knock-out: the three-way CAM label, no PAR
             pseudo_label = _label_from_cam(
-                cam, cls_label, None, cfg.low_thre, cfg.high_thre, inside, cfg.ignore_index
+                cam, cls_label, None, cfg.low_thre, high_thre, inside, cfg.ignore_index
             )
         else:
             pseudo_label = _refine(
@@ -359,13 +415,28 @@ class MCCNet(nn.Module):
                 self._par_image(x),
                 cam,
                 host_cls_label,
-                cfg.high_thre,
+                high_thre,
                 cfg.low_thre,
                 inside,
                 cfg.ignore_index,
                 cfg.par_down_scale,
             )
-        return MCCLabels(cam, cam_aux, key_mask, positive, token_label, pseudo_label)
+        return MCCLabels(cam, cam_aux, key_mask, positive, token_label, pseudo_label, teacher_seg)
+
+    def foreground_threshold(self, cls_label: torch.Tensor, step: int) -> float | torch.Tensor:
+        """The foreground threshold of the token and segmentation labels at ``step``.
+
+        ``config.high_thre``, or with ``config.dynamic_thre`` from ``dynamic_thre_steps[0]`` on DuPL's
+        per-image threshold (B,): the max over the image's classes of the cosine descent.
+        """
+        cfg = self.config
+        begin, end = cfg.dynamic_thre_steps
+        if cfg.dynamic_thre is None or step < begin:
+            return cfg.high_thre
+        device = cls_label.device
+        start = torch.full((self.num_classes,), cfg.dynamic_start, device=device)
+        targets = torch.tensor(cfg.dynamic_thre, device=device)
+        return image_threshold(cosine_threshold(step - begin, start, targets, end - begin), cls_label)
 
     def training_losses(
         self,
@@ -380,6 +451,8 @@ class MCCNet(nn.Module):
         generator: torch.Generator | None = None,
         fast: bool = True,
         labels: MCCLabels | None = None,
+        strong: torch.Tensor | None = None,
+        teacher: MCCNet | None = None,
     ) -> MCCLosses:
         """Computes one training step's losses (docs/method.md section 2); call ``.total.backward()`` after.
 
@@ -402,19 +475,29 @@ class MCCNet(nn.Module):
                 tokens, first global view = the main forward, token dropping for the masked views).
                 ``fast=False`` runs every pass separately, as published; both give the same losses and
                 gradients up to float rounding.
-            labels: the output of :meth:`make_labels` for this batch (then ``key_mask`` and ``generator``
-                are not used); computed here when None. With ``fast`` and no ``labels``, the label pass
-                takes the CAMs of the unflipped crop at scale 1.0 from the gradient pass (the same weights
-                on the same input, so the same labels) when nothing in the encoder is random: no dropout
-                or stochastic depth active in train mode (otherwise the two passes would draw different
-                masks, and the label pass runs on its own, as published).
+            labels: the output of :meth:`make_labels` for this batch (then ``key_mask``, ``generator``
+                and ``teacher`` are not used); computed here when None.
+            strong: DuPL's strong view of ``x``, (B, 3, H, W), mirrored as a whole
+                (``VOCTrainViews(strong_view=StrongAugment())`` gives it as ``strong``); needed while
+                the consistency term counts (``config.w_consistency``).
+            teacher: CoSA's EMA teacher (see :meth:`make_labels`); needed with
+                ``config.ema_teacher_decay``. With ``fast``, no ``labels`` and no ``teacher``, the
+                label pass takes the CAMs of the unflipped crop at scale 1.0 from the gradient pass (the
+                same weights on the same input, so the same labels) when nothing in the encoder is
+                random: no dropout or stochastic depth active in train mode (otherwise the two passes
+                would draw different masks, and the label pass runs on its own, as published).
 
         Returns:
             :class:`MCCLosses`.
+
+        Raises:
+            ValueError: bad shapes (named), a missing ``strong`` view or ``teacher`` the config needs.
         """
         cfg = self.config
+        self._check_step(step)
         self._check_batch(x, v1, v2, cls_label, img_box)
-        if labels is None and fast and self._label_pass_reuses_main(x):
+        self._check_options(x, step, labels, strong, teacher)
+        if labels is None and teacher is None and fast and self._label_pass_reuses_main(x):
             # The label pass without its unflipped scale-1.0 pass, then the gradient pass, whose tokens of
             # x give those CAMs (docs/method.md section 3); make_labels' checks, in its order.
             box = self._check_label_inputs(x, cls_label, img_box)
@@ -431,7 +514,9 @@ class MCCNet(nn.Module):
             local = self.encoder(v2, labels.key_mask).cls
         else:
             if labels is None:  # make_labels checks img_box
-                labels = self.make_labels(x, cls_label, img_box, step, key_mask=key_mask, generator=generator)
+                labels = self.make_labels(
+                    x, cls_label, img_box, step, key_mask=key_mask, generator=generator, teacher=teacher
+                )
             elif img_box is not None:
                 cam_labels.check_img_box(img_box, x.shape[0], x.shape[-2:])
             self._check_labels(labels, x)
@@ -469,7 +554,10 @@ class MCCNet(nn.Module):
                 full_precision(seg_logits), size=x.shape[-2:], mode="bilinear", align_corners=False
             )
         # our own pseudo label: its values need no check (which would cost a device sync per step)
-        loss_seg = _segmentation_loss(seg_logits, labels.pseudo_label, cfg.ignore_index)
+        seg_label = labels.pseudo_label
+        if cfg.gmm_filter_on(step):  # DuPL: drop the noisy mode of the decoder's own per-pixel loss
+            seg_label = self._filter_label(seg_logits, seg_label)
+        loss_seg = _segmentation_loss(seg_logits, seg_label, cfg.ignore_index)
 
         # The published regularised loss on the same logits; skipped while its weight is 0.
         reg_weight = cfg.reg_weight(step)
@@ -488,6 +576,31 @@ class MCCNet(nn.Module):
         else:
             loss_reg = loss_seg.new_zeros(())
 
+        # DuPL's consistency: confident predictions on the label's ignored pixels, learnt by the strong view.
+        consistency_weight = cfg.consistency_weight(step)
+        if consistency_weight != 0.0:
+            loss_consistency = consistency_loss(
+                self._strong_logits(strong, x.shape[-2:]),
+                seg_logits,
+                seg_label,
+                conf_thre=cfg.consistency_conf_thre,
+                ignore_index=cfg.ignore_index,
+            )
+        else:
+            loss_consistency = loss_seg.new_zeros(())
+
+        # CoSA's seg-to-CAM: the teacher's segmentation supervises the student's CAM.
+        seg_to_cam_weight = cfg.seg_to_cam_weight(step)
+        if seg_to_cam_weight != 0.0:
+            loss_seg_to_cam = seg_to_cam_loss(
+                self._cam(main.patches, self.classifier),
+                labels.teacher_seg,
+                cls_label,
+                temperature=cfg.seg_to_cam_temperature,
+            )
+        else:
+            loss_seg_to_cam = loss_seg.new_zeros(())
+
         total = (
             cfg.w_cls * loss_cls
             + cfg.w_cls_aux * loss_cls_aux
@@ -495,11 +608,72 @@ class MCCNet(nn.Module):
             + cfg.mcc_weight(step) * loss_mcc
             + cfg.seg_weight(step) * loss_seg
             + reg_weight * loss_reg
+            + consistency_weight * loss_consistency
+            + seg_to_cam_weight * loss_seg_to_cam
         )
         positive_rate = labels.positive.float().mean()
         return MCCLosses(
-            total, loss_cls, loss_cls_aux, loss_affinity, loss_mcc, loss_seg, loss_reg, positive_rate
+            total,
+            loss_cls,
+            loss_cls_aux,
+            loss_affinity,
+            loss_mcc,
+            loss_seg,
+            loss_reg,
+            loss_consistency,
+            loss_seg_to_cam,
+            positive_rate,
         )
+
+    def _filter_label(self, seg_logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        cfg = self.config
+        with torch.no_grad():
+            pixel_loss = F.cross_entropy(
+                seg_logits.detach().float(), label, ignore_index=cfg.ignore_index, reduction="none"
+            )
+        return gmm_noise_filter(
+            pixel_loss,
+            label,
+            min_pixels=cfg.gmm_min_pixels,
+            min_mean_gap=cfg.gmm_min_mean_gap,
+            prob_thre=cfg.gmm_prob_thre,
+            ignore_index=cfg.ignore_index,
+        )
+
+    def _strong_logits(self, strong: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        # DuPL: the network sees the strong view at 0.75 scale; its logits are flipped back onto x and
+        # resized to the label size.
+        small = F.interpolate(
+            strong, scale_factor=self.config.strong_scale, mode="bilinear", align_corners=False
+        )
+        logits = self.decoder(self.encoder(small).patches).flip(-1)
+        return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+
+    def _check_options(self, x, step, labels, strong, teacher) -> None:
+        cfg = self.config
+        if cfg.consistency_weight(step) != 0.0:
+            if strong is None:
+                raise ValueError(
+                    "strong: config.w_consistency needs DuPL's strong view of x "
+                    "(VOCTrainViews(strong_view=StrongAugment()) gives it as 'strong')"
+                )
+            if not torch.is_tensor(strong) or strong.shape != x.shape:
+                shape = tuple(strong.shape) if torch.is_tensor(strong) else type(strong).__name__
+                raise ValueError(f"strong must have the shape of x {tuple(x.shape)}, got {shape}")
+            patch = self.encoder.patch_size
+            size = [int(side * cfg.strong_scale) for side in x.shape[-2:]]
+            if size[0] % patch[0] or size[1] % patch[1] or min(size) < 1:
+                raise ValueError(
+                    f"strong: {cfg.strong_scale} x {tuple(x.shape[-2:])} gives {tuple(size)}, not a multiple "
+                    f"of the patch size {tuple(patch)} (choose the crop size or config.strong_scale so it is)"
+                )
+        if labels is None and cfg.ema_teacher_decay is not None and teacher is None:
+            raise ValueError(
+                "teacher: config.ema_teacher_decay needs the EMA teacher "
+                "(AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(decay)).module); train() keeps one"
+            )
+        if cfg.seg_to_cam_weight(step) != 0.0 and labels is not None and labels.teacher_seg is None:
+            raise ValueError("labels.teacher_seg: config.w_seg_to_cam needs labels made with a teacher")
 
     def _encode(self, x, v1, v2, key_mask, fast: bool):
         """Main tokens of x, student / teacher global class tokens (B, 2, D), local class tokens (B, V, D)."""
@@ -580,6 +754,7 @@ class MCCNet(nn.Module):
     def _check_cls_label(self, cls_label: torch.Tensor, batch: int) -> None:
         shape = tuple(getattr(cls_label, "shape", ()))
         if shape == (batch, self.num_classes):
+            check_finite(cls_label, "cls_label")  # CPU tensors (no host sync); see mcc._checks
             return
         message = f"cls_label must have shape (B, C) = ({batch}, {self.num_classes}), got {shape}"
         if len(shape) == 2 and shape[0] == batch and shape[1] == self.num_classes - 1:
@@ -600,12 +775,33 @@ class MCCNet(nn.Module):
             raise ValueError(
                 f"images must be floating (normalised with pixel_mean/pixel_std), got {images.dtype}"
             )
+        self._check_dtype(images, "images")
+        check_finite(images, "images")
         patch = self.encoder.patch_size
         if patch_multiple and (images.shape[-2] % patch[0] or images.shape[-1] % patch[1]):
             raise ValueError(
                 f"images: {images.shape[-2]}x{images.shape[-1]} is not a multiple of the patch size "
                 f"{patch[0]}x{patch[1]} (resize first, or use segment, which resizes)"
             )
+
+    def _check_dtype(self, images: torch.Tensor, name: str) -> None:
+        weight = self.classifier.weight.dtype
+        autocast = torch.is_autocast_enabled(images.device.type) and images.dtype != torch.float64
+        if images.dtype != weight and not autocast:  # autocast casts all but float64
+            raise ValueError(
+                f"{name} are {images.dtype} but the network's weights are {weight}: pass "
+                f"{name}.to({weight}), move the network with net.to({images.dtype}), or run under "
+                "torch.autocast"
+            )
+
+    @staticmethod
+    def _check_step(step: object) -> None:
+        try:
+            value = None if isinstance(step, bool) else operator.index(step)
+        except TypeError:
+            value = None
+        if value is None or value < 0:
+            raise ValueError(f"step must be an integer >= 0 (optimiser steps already taken), got {step!r}")
 
     def _check_labels(self, labels: MCCLabels, x: torch.Tensor) -> None:
         batch, grid = x.shape[0], self.encoder.grid_size(x)
@@ -638,6 +834,8 @@ class MCCNet(nn.Module):
                 )
             if view.shape[0] != x.shape[0]:
                 raise ValueError(f"{name} has batch {view.shape[0]}, x has {x.shape[0]}")
+            self._check_dtype(view, name)
+            check_finite(view, name)  # CPU tensors only (no host sync in the training step)
         if v2.shape != x.shape:
             raise ValueError(
                 f"v2 must be aligned with x (same shape {tuple(x.shape)}), got {tuple(v2.shape)}"

@@ -10,7 +10,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from mcc.cam.labels import box_mask
+from mcc._checks import check_finite
+from mcc.cam.labels import box_mask, check_high_thre
 
 __all__ = ["refine_cams_with_background"]
 
@@ -21,7 +22,7 @@ def refine_cams_with_background(
     cams: torch.Tensor,
     cls_label: torch.Tensor,
     *,
-    high_thre: float = 0.7,
+    high_thre: float | torch.Tensor = 0.7,
     low_thre: float = 0.25,
     img_box: torch.Tensor | None = None,
     ignore_index: int = 255,
@@ -49,7 +50,9 @@ def refine_cams_with_background(
         images: the images PAR looks at, shape (B, 3, H, W), e.g. de-normalised RGB in [0, 1].
         cams: foreground CAMs, shape (B, C, h, w) at any resolution, e.g. min-max normalised.
         cls_label: multi-hot image labels, shape (B, C); nonzero = present; rows may be all zero.
-        high_thre: background level whose result gives the foreground (paper: beta_fg = 0.7).
+        high_thre: background level whose result gives the foreground (paper: beta_fg = 0.7): a float,
+            or a (B,) tensor, one level per image (DuPL's dynamic threshold, see
+            :func:`~mcc.cam.image_threshold`; image b's background map is the constant ``high_thre[b]``).
         low_thre: second background level (paper: beta_bg = 0.25), <= ``high_thre`` (equal levels give
             one background level: a complete label without uncertain pixels).
         img_box: valid region of each image, shape (B, 4), integer rows ``(y0, y1, x0, x1)`` (this
@@ -88,8 +91,9 @@ def refine_cams_with_background(
             f"cls_label must have shape (B, C) = ({batch}, {num_classes}) to match cams, "
             f"got {tuple(cls_label.shape)}"
         )
-    if low_thre > high_thre:
-        raise ValueError(f"low_thre ({low_thre}) must not exceed high_thre ({high_thre})")
+    high_thre = check_high_thre(high_thre, low_thre, batch, images.device)
+    for value, name in ((images, "images"), (cams, "cams"), (cls_label, "cls_label")):
+        check_finite(value, name)
     if int(down_scale) != down_scale or not 1 <= down_scale <= min(height, width):
         raise ValueError(f"down_scale must be an integer in [1, {min(height, width)}], got {down_scale}")
     inside = None if img_box is None else box_mask(img_box, batch, (height, width), device=images.device)
@@ -101,7 +105,7 @@ def _refine(
     images: torch.Tensor,
     cams: torch.Tensor,
     cls_label: torch.Tensor,
-    high_thre: float,
+    high_thre: float | torch.Tensor,
     low_thre: float,
     inside: torch.Tensor | None,
     ignore_index: int,
@@ -128,7 +132,10 @@ def _refine(
         foreground = F.interpolate(foreground, size=small, mode="bilinear", align_corners=False)
         probs = []
         for level in (high_thre, low_thre):
-            background = foreground.new_full((batch, 1, *small), float(level))
+            if torch.is_tensor(level):  # one level per image
+                background = level.to(foreground)[:, None, None, None].expand(batch, 1, *small)
+            else:
+                background = foreground.new_full((batch, 1, *small), float(level))
             logits = torch.cat([background, foreground], dim=1).masked_fill(absent, float("-inf"))
             probs.append(logits.softmax(dim=1))
         refined = par(small_images, torch.cat(probs, dim=1)).float()

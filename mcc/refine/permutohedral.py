@@ -200,7 +200,7 @@ class PermutohedralLattice:
         # One stable sort numbers the points and lists each point's splats in pixel order (the key layout
         # is (vertex, lane) and a point's vertices all have the same r).
         sorted_keys, order = torch.sort(keys.view(-1), stable=True)
-        point_of_sorted = self._number_points(sorted_keys)  # the second (last) host sync
+        point_of_sorted, new = self._number_points(sorted_keys)  # the second (last) host sync
         num_points = self.num_points
         vertex = torch.empty_like(point_of_sorted).scatter_(0, order, point_of_sorted).view(d + 1, lanes)
         points = torch.empty(num_points, dtype=torch.int64, device=device)
@@ -208,66 +208,74 @@ class PermutohedralLattice:
 
         # Per pixel (B*N, d+1), without the padding lanes: each vertex's point and barycentric weight.
         self._vertex = vertex.view(d + 1, batch, padded)[:, :, :num_pixels].permute(1, 2, 0)
-        self._vertex = self._vertex.reshape(-1, d + 1)
+        self._vertex = self._vertex.reshape(-1, d + 1).contiguous()
         self._splat_weight = weights.view(d + 1, batch, padded)[:, :, :num_pixels].permute(1, 2, 0)
-        self._splat_weight = self._splat_weight.reshape(-1, d + 1)
+        self._splat_weight = self._splat_weight.reshape(-1, d + 1).contiguous()
         self._slice_weight = self._splat_weight * self._alpha
-        self._set_splat_entries(point_of_sorted, order, lanes, padded)
+        self._set_splat_entries(point_of_sorted, new, order, lanes, padded)
 
-        # Neighbours along axis j: key - 1 + (d+1) e_j and key + 1 - (d+1) e_j (only d coordinates kept),
-        # all found by one searchsorted; the extra row num_points holds zeros and stays zero in the blur.
+        # Neighbours along axis j: key - 1 + (d+1) e_j and key + 1 - (d+1) e_j (only d coordinates kept).
+        # One searchsorted finds every point's + neighbour; the - neighbours are the same pairs read the
+        # other way. The extra row num_points holds zeros and stays zero in the blur.
         steps = [all_ones - ((d + 1) * strides[j] if j < d else 0) for j in range(d + 1)]
-        shifts = torch.tensor([s for step in steps for s in (-step, step)], device=device)
-        queries = points.view(1, -1) + shifts.view(-1, 1)
+        queries = points.view(1, -1) + torch.tensor(steps, device=device).view(-1, 1)  # (d+1, P)
         found = torch.searchsorted(points, queries.view(-1)).clamp_(max=num_points - 1).view_as(queries)
-        index = torch.where(points[found] == queries, found, num_points)
-        index = torch.cat([index, index.new_full((2 * (d + 1), 1), num_points)], dim=1)
-        self._neighbours = [(index[2 * j], index[2 * j + 1]) for j in range(d + 1)]
+        hit = points.index_select(0, found.view(-1)).view_as(found) == queries
+        plus = torch.full((d + 1, num_points + 1), num_points, dtype=torch.int64, device=device)
+        minus = torch.full_like(plus, num_points)
+        plus[:, :num_points] = torch.where(hit, found, num_points)
+        # minus[j, plus[j, p]] = p; the misses all land in the zero row's slot, reset after.
+        own = torch.arange(num_points, device=device).expand(d + 1, num_points)
+        minus.scatter_(1, plus[:, :num_points], own)
+        minus[:, num_points] = num_points
+        self._neighbours = [(minus[j], plus[j]) for j in range(d + 1)]
         self._matrices: dict[str, torch.Tensor] = {}
 
-    def _number_points(self, sorted_keys: torch.Tensor) -> torch.Tensor:
-        """The point index of every sorted key (equal keys, one point); sets ``num_points`` (one sync)."""
+    def _number_points(self, sorted_keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The point of every sorted key and where a new point starts; sets ``num_points`` (one sync)."""
         new = torch.ones_like(sorted_keys, dtype=torch.bool)
         torch.ne(sorted_keys[1:], sorted_keys[:-1], out=new[1:])
         point = torch.cumsum(new, 0)
         self.num_points = int(point[-1])
-        return point.sub_(1)
+        return point.sub_(1), new
 
     def _set_splat_entries(
-        self, point_of_sorted: torch.Tensor, order: torch.Tensor, lanes: int, padded: int
+        self, point_of_sorted: torch.Tensor, new: torch.Tensor, order: torch.Tensor, lanes: int, padded: int
     ) -> None:
         """The splat matrix's structure: row p lists the (pixel, vertex) entries of point p, pixel order.
 
         ``order`` is a stable sort of the (vertex, lane) layout by point, ``point_of_sorted`` the point of
-        each sorted entry. Padding lanes are left out by a cumulative count (no data-dependent size).
+        each sorted entry, ``new`` where a point's entries start. Padding lanes are left out by a cumulative
+        count (no data-dependent size). Every per-entry quantity is gathered from a table of the
+        (vertex, lane) layout (no integer division).
         """
-        num_pixels, d = self.num_pixels, self.dim
-        lane = order % lanes
-        vertex = order // lanes
-        image, pixel = lane // padded, lane % padded
-        real_count = self.batch_size * num_pixels * (d + 1)
-        starts = torch.searchsorted(
-            point_of_sorted, torch.arange(self.num_points + 2, device=self.device)
-        )  # first sorted entry of each point, and of the empty zero row
+        batch, num_pixels, d, device = self.batch_size, self.num_pixels, self.dim, self.device
+        num_points, total = self.num_points, order.numel()
+        # Value row of each lane (image-major), -1 on padding lanes, and each entry's vertex r.
+        pixel = torch.arange(padded, device=device)
+        image_start = torch.arange(batch, device=device).view(-1, 1) * num_pixels
+        row_of_lane = torch.where(pixel < num_pixels, image_start + pixel, -1).view(1, lanes)
+        vertex_of_entry = torch.arange(d + 1, device=device).view(-1, 1)
+        rows = row_of_lane.expand(d + 1, lanes).reshape(-1).index_select(0, order)
+        vertex = vertex_of_entry.expand(d + 1, lanes).reshape(-1).index_select(0, order)
+        # First sorted entry of each point (then the zero row's, and a slot for every other entry).
+        starts = torch.full((num_points + 2,), total, dtype=torch.int64, device=device)
+        where = torch.where(new, point_of_sorted, num_points + 1)
+        starts.scatter_(0, where, torch.arange(total, device=device))
+        starts[num_points + 1] = total
         if padded == num_pixels:
-            self._splat_crow = starts
-            self._splat_image, self._splat_pixel, self._splat_r = image, pixel, vertex
+            self._splat_crow, self._splat_row, self._splat_r = starts, rows, vertex
             return
-        real = pixel < num_pixels
+        real = rows >= 0
+        real_count = batch * num_pixels * (d + 1)
         position = torch.cumsum(real, 0)
-        self._splat_crow = torch.cat([position.new_zeros(1), position])[starts]
+        self._splat_crow = torch.cat([position.new_zeros(1), position]).index_select(0, starts)
         destination = torch.where(real, position - 1, real_count)
         kept = []
-        for part in (image, pixel, vertex):
+        for part in (rows, vertex):
             out = part.new_empty(real_count + 1).scatter_(0, destination, part)
             kept.append(out[:real_count])
-        self._splat_image, self._splat_pixel, self._splat_r = kept
-
-    def _splat_rows(self) -> torch.Tensor:
-        """The value row of every splat entry."""
-        if self._interleaved:
-            return self._splat_pixel * self.batch_size + self._splat_image
-        return self._splat_image * self.num_pixels + self._splat_pixel
+        self._splat_row, self._splat_r = kept
 
     def scaled(self, before: torch.Tensor, after: torch.Tensor) -> PermutohedralLattice:
         """The same lattice with per-pixel factors folded into its splat and slice weights.
@@ -309,6 +317,10 @@ class PermutohedralLattice:
         for name in ("_vertex", "_splat_weight", "_slice_weight"):
             value = getattr(self, name)
             setattr(other, name, value.view(shape).transpose(0, 1).reshape(-1, self.dim + 1))
+        # Image-major row b * N + n becomes n * B + b.
+        pixel = torch.arange(self.num_pixels, device=self.device)
+        image = torch.arange(self.batch_size, device=self.device).view(-1, 1)
+        other._splat_row = (pixel * self.batch_size + image).view(-1).index_select(0, self._splat_row)
         other._interleaved = True
         other._matrices = {}
         return other
@@ -322,7 +334,7 @@ class PermutohedralLattice:
         """
         num_points = self.num_points
         crow = self._splat_crow
-        rows = self._splat_rows()
+        rows = self._splat_row
         # First pixel of every point (its first splat entry); padding-only points go last.
         first = torch.where(crow[1:-1] > crow[:-2], rows[crow[:-2].clamp(max=rows.numel() - 1)], rows.numel())
         new_to_old = torch.argsort(first, stable=True)
@@ -330,20 +342,29 @@ class PermutohedralLattice:
         old_to_new[new_to_old] = torch.arange(num_points, device=self.device)
         old_to_new = torch.cat([old_to_new, old_to_new.new_full((1,), num_points)])
         other = copy.copy(self)
-        other._vertex = old_to_new[self._vertex]
+        other._vertex = old_to_new.index_select(0, self._vertex.reshape(-1)).view_as(self._vertex)
         full = torch.cat([new_to_old, new_to_old.new_full((1,), num_points)])
-        other._neighbours = [(old_to_new[n1[full]], old_to_new[n2[full]]) for n1, n2 in self._neighbours]
+        other._neighbours = [
+            (
+                old_to_new.index_select(0, n1.index_select(0, full)),
+                old_to_new.index_select(0, n2.index_select(0, full)),
+            )
+            for n1, n2 in self._neighbours
+        ]
         # Rows of the splat matrix in the new order: segments of the old entries, moved as a whole.
         counts = crow[1:] - crow[:-1]
-        new_counts = counts[full]
+        new_counts = counts.index_select(0, full)
         new_crow = torch.cat([crow.new_zeros(1), torch.cumsum(new_counts, 0)])
-        starts = crow[:-1][full]
+        starts = crow[:-1].index_select(0, full)
         segment = torch.repeat_interleave(torch.arange(num_points + 1, device=self.device), new_counts)
-        source = starts[segment] + torch.arange(segment.numel(), device=self.device) - new_crow[segment]
+        source = (
+            starts.index_select(0, segment)
+            + torch.arange(segment.numel(), device=self.device)
+            - new_crow.index_select(0, segment)
+        )
         other._splat_crow = new_crow
-        other._splat_image = self._splat_image[source]
-        other._splat_pixel = self._splat_pixel[source]
-        other._splat_r = self._splat_r[source]
+        other._splat_row = self._splat_row.index_select(0, source)
+        other._splat_r = self._splat_r.index_select(0, source)
         other._matrices = {}
         return other
 
@@ -391,12 +412,17 @@ class PermutohedralLattice:
         plain: bool = False,
         out: torch.Tensor | None = None,
         work: list[torch.Tensor] | None = None,
+        accumulate: bool = False,
     ) -> torch.Tensor:
         """:meth:`filter` on values already in row order, (rows, K) contiguous, in the lattice's dtype.
 
         ``out`` (rows, K) and ``work`` (two (num_points + 1, K) buffers) let a caller that filters
-        many times (the dense CRF) reuse its memory; nothing else is allocated then on the CPU.
+        many times (the dense CRF) reuse its memory; nothing else is allocated then on the CPU. With
+        ``accumulate`` the result is added to ``out`` (each entry ``out + result``, one rounding) instead
+        of replacing it (not with ``plain``).
         """
+        if accumulate and (out is None or plain):
+            raise ValueError("accumulate needs out and the sparse path (plain=False)")
         channels = flat.shape[1]
         if work is None:
             work = [flat.new_empty(self.num_points + 1, channels) for _ in range(2)]
@@ -425,10 +451,12 @@ class PermutohedralLattice:
             return self._slice_plain(current)
         if not on_cpu:
             result = torch.sparse.mm(self._sparse("slice"), current)
-            return result if out is None else out.copy_(result)
+            if out is None:
+                return result
+            return out.add_(result) if accumulate else out.copy_(result)
         if out is None:
             out = flat.new_empty(flat.shape[0], channels)
-        return torch.addmm(out, self._sparse("slice"), current, beta=0, out=out)
+        return torch.addmm(out, self._sparse("slice"), current, beta=1 if accumulate else 0, out=out)
 
     def _blur_matrices(self) -> list[torch.Tensor]:
         """One CSR matrix per direction: row p holds 0.5 at n1, 0.5 at n2 and 1 at p, in that order.
@@ -482,8 +510,8 @@ class PermutohedralLattice:
             num_rows = self._vertex.shape[0]
             points = self.num_points + 1
             if which == "splat":
-                rows = self._splat_rows()
-                values = self._splat_weight.reshape(-1)[rows * (self.dim + 1) + self._splat_r]
+                rows = self._splat_row
+                values = self._splat_weight.reshape(-1).index_select(0, rows * (self.dim + 1) + self._splat_r)
                 matrix = _csr(self._splat_crow, rows, values, (points, num_rows))
             else:
                 crow = torch.arange(0, num_rows * (self.dim + 1) + 1, self.dim + 1, device=self.device)

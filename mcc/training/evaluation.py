@@ -55,23 +55,11 @@ def _segment(
     flip: bool,
     crf: Callable[[np.ndarray, np.ndarray], np.ndarray] | None,
 ) -> torch.Tensor:
-    """(1, H, W) class indices of :meth:`MCCNet.segment`, after ``crf`` on the softmax when given.
+    """(1, H, W) class indices of :meth:`MCCNet.segment`, after ``crf`` on the softmax when given: the
+    masks of :func:`~mcc.training.predict.segment_images`, which ``mcc-predict`` writes too."""
+    from mcc.training.predict import segment_images
 
-    A :class:`~mcc.DenseCRF` runs through its ``inference`` on the image's device (the torch backend keeps
-    everything there), in float32 whatever the autocast; any other callable gets numpy arrays.
-    """
-    logits = net.segment(image, scales, flip).float()
-    if crf is None:
-        return logits.argmax(1)
-    if hasattr(crf, "inference"):
-        with torch.autocast(image.device.type, enabled=False):
-            rgb8 = (net.denormalize(image.float()) * 255).round().byte()
-            return crf.inference(rgb8, logits.softmax(1)).argmax(1)
-    rgb8 = (net.denormalize(image)[0].permute(1, 2, 0) * 255).round().byte().cpu().numpy()
-    probs = crf(np.ascontiguousarray(rgb8), logits[0].softmax(0).cpu().numpy())
-    if isinstance(probs, torch.Tensor):  # a CRF running in torch (e.g. on the GPU)
-        return probs.argmax(0).unsqueeze(0).to(image.device)
-    return torch.from_numpy(np.asarray(probs)).argmax(0).unsqueeze(0).to(image.device)
+    return segment_images(net, image, scales, flip, crf)
 
 
 @torch.no_grad()

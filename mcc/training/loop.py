@@ -20,8 +20,9 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 
+from mcc._checks import check_finite
 from mcc.data import seed_worker
-from mcc.network import MCCConfig, MCCNet, MCCTrainingStep
+from mcc.network import MCCConfig, MCCLosses, MCCNet, MCCTrainingStep
 from mcc.schedule import poly_warmup_lr, scaled_warmup_iters
 from mcc.training.checkpoint import (
     check_resume,
@@ -38,7 +39,7 @@ from mcc.training.sampler import StepBatchSampler
 
 __all__ = ["TrainResult", "TrainSettings", "resolve_resume", "schedule_warnings", "train"]
 
-LOSS_NAMES = ("total", "cls", "cls_aux", "affinity", "mcc", "seg", "reg", "positive_rate")
+LOSS_NAMES = MCCLosses._fields  # total, cls, ..., seg, reg, consistency, seg_to_cam, positive_rate
 
 
 @dataclass(frozen=True)
@@ -61,10 +62,15 @@ class TrainSettings:
             with :meth:`~mcc.MCCConfig.scaled_schedule`.
         seed: seed of the batch order and of the key masks (the data's own seed is separate).
         num_workers: DataLoader workers per rank.
-        amp: bf16 autocast on CUDA (ignored, with a message, elsewhere).
+        amp: bf16 autocast of the forward passes on CUDA (fp16 with a gradient scaler on a GPU without
+            bf16; ignored, with a message, elsewhere). The backward runs outside autocast and the losses
+            in float32.
         fast: the exact shortcuts of the training step (docs/method.md section 3).
         find_unused_parameters: passed to DDP.
-        log_every: steps between log lines (and tensorboard points).
+        log_every: steps between log lines (and tensorboard points). The step's values are copied to the
+            host there (one copy for all the steps since the last line) and before every evaluation and
+            checkpoint, and the loss is checked for finiteness: a non-finite loss on any rank raises the
+            same ``FloatingPointError`` on every rank, naming the first bad step.
         eval_every: steps between evaluations (0: only at the end); needs a validation set.
         eval_at_end: evaluate after the last step.
         eval_max_images: score only the first N validation images (None: all).
@@ -206,6 +212,26 @@ def schedule_warnings(config: MCCConfig, settings: TrainSettings) -> list[str]:
     return lines
 
 
+def make_ema_teacher(net: MCCNet) -> torch.optim.swa_utils.AveragedModel | None:
+    """CoSA's EMA teacher of ``net`` when ``net.config.ema_teacher_decay`` is set, else None.
+
+    ``AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(decay))``, its first ``update_parameters``
+    called here (it copies ``net``); call ``update_parameters(net)`` after every optimiser step and pass
+    ``.module`` as the training step's ``teacher``. Parameters only are averaged, as CoSA does; unlike
+    CoSA, whose teacher heads start from their own random initialisation and average from the first
+    step, the teacher starts as a copy of ``net``.
+    """
+    decay = net.config.ema_teacher_decay
+    if decay is None:
+        return None
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    teacher = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(decay))
+    teacher.update_parameters(net)
+    teacher.requires_grad_(False)
+    return teacher
+
+
 def _mask_seed(seed: int, step: int, micro_batch: int) -> int:
     # Key masks are a pure function of (seed, step, global micro-batch): resumable and rank-count invariant.
     return int(np.random.SeedSequence([seed, step, micro_batch]).generate_state(1, np.uint64)[0] >> 1)
@@ -261,6 +287,7 @@ def _micro_step(
     device_type: str,
     scaler: torch.amp.GradScaler | None = None,
     sync: bool = True,
+    teacher: torch.nn.Module | None = None,
 ):
     """Forward under autocast, backward outside it (as the autocast documentation prescribes).
 
@@ -282,6 +309,8 @@ def _micro_step(
                 step,
                 key_mask=key_mask,
                 fast=fast,
+                strong=micro.get("strong"),
+                teacher=teacher,
             )
         total = losses.total.float() / parts if parts > 1 else losses.total.float()
         (scaler.scale(total) if scaler is not None else total).backward()
@@ -476,6 +505,7 @@ def train(
     }
 
     start_step, best = 0, None
+    ema_teacher = make_ema_teacher(net)
     resume_path = resolve_resume(settings.resume, work_dir)
     if resume_path is not None:
         state = load_checkpoint(resume_path, map_location="cpu")
@@ -486,6 +516,8 @@ def train(
                 log(f"warning: resume: {line}")
                 warnings.warn(f"resume: {line}", UserWarning, stacklevel=2)
         load_model_state(net, state["model"], f"resume: checkpoint {resume_path} does not fit this network")
+        if ema_teacher is not None and "ema_teacher" in state:
+            ema_teacher.load_state_dict(state["ema_teacher"])
         optimizer.load_state_dict(state["optimizer"])
         rank_states = state.get("rng_ranks") or [state["rng"]]
         if len(rank_states) == context.world_size:
@@ -541,7 +573,9 @@ def train(
         return states
 
     def checkpoint_state(done: int, rank_states: list[dict[str, Any]]) -> dict[str, Any]:
+        extra = {} if ema_teacher is None else {"ema_teacher": ema_teacher.state_dict()}
         return {
+            **extra,
             "model": net.state_dict(),
             "optimizer": optimizer.state_dict(),
             "step": done,
@@ -660,6 +694,7 @@ def train(
             for index, micro in enumerate(micros):
                 if index > 0:
                     teacher.load_state_dict(teacher_before)  # the EMA moves once per optimiser step
+                check_finite(micro["cls_label"], "cls_label of the training batch")  # on CPU: no sync
                 losses = _micro_step(
                     step_module,
                     _to_device(micro, device),
@@ -671,6 +706,7 @@ def train(
                     device_type=device.type,
                     scaler=scaler,
                     sync=not context.distributed or index == accumulation - 1,
+                    teacher=None if ema_teacher is None else ema_teacher.module,
                 )
                 terms = torch.stack([t.detach().double() for t in losses])  # on the device: no copy
                 sums = terms if sums is None else sums + terms
@@ -679,6 +715,8 @@ def train(
                 scaler.update()
             else:
                 optimizer.step()
+            if ema_teacher is not None:  # CoSA: the teacher follows every optimiser step
+                ema_teacher.update_parameters(net)
             pending.append((step, lr, sums / accumulation))
             done = step + 1
             result.step = done

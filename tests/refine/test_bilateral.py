@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from mcc.refine import PermutohedralLattice, bilateral_filter
+from mcc.refine.bilateral import _filter as batched_filter
 from mcc.refine.bilateral import bilateral_features
 
 
@@ -313,7 +314,21 @@ def test_host_syncs_are_two_per_lattice_and_none_per_filter():
     assert sum(counts.values()) == 0
     with count_host_syncs() as counts:
         bilateral_filter(image, values, 15.0, 50.0)
-    assert sum(counts.values()) == 2
+    assert sum(counts.values()) == 2 * 2  # on the CPU one lattice per image
+    with count_host_syncs() as counts:
+        batched_filter(image, values, 15.0, 50.0)
+    assert sum(counts.values()) == 2  # the CUDA path: one lattice for the batch
+
+
+def test_batched_computation_is_bit_identical_to_one_image_at_a_time():
+    # The CUDA path (one lattice for the batch), run here on the CPU, which goes image by image.
+    image, values = random_image(3, 21, 17, dtype=torch.float32), torch.rand(3, 4, 21, 17)
+    expected = bilateral_filter(image, values, 15.0, 50.0)
+    assert torch.equal(batched_filter(image, values, 15.0, 50.0), expected)
+    for i in range(3):
+        assert torch.equal(
+            bilateral_filter(image[i : i + 1], values[i : i + 1], 15.0, 50.0), expected[i : i + 1]
+        )
 
 
 def test_non_finite_image_is_named_without_a_separate_check():

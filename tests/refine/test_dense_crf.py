@@ -271,11 +271,13 @@ def test_torch_backend_on_cuda_matches_the_cpu():
     assert (on_gpu.cpu() - on_cpu).abs().max() < 1e-4
 
 
-def test_torch_backend_batch_is_bit_identical_to_one_image_at_a_time():
-    # One batched computation (shared spatial lattice, one bilateral lattice for all images), the same sums.
-    scenes, images, probs = _batch(count=3)
+def test_torch_backend_batched_computation_is_bit_identical_to_one_image_at_a_time():
+    # The CUDA path: one computation for the batch (the spatial lattice shared, one bilateral lattice for
+    # all images, no loop over images), run here on the CPU, which otherwise goes image by image.
+    _, images, probs = _batch(count=3)
     crf = DenseCRF(backend="torch", device="cpu")
-    batched = crf.inference(images, probs)
+    batched = crf._torch_batched(images, probs, 10)
+    assert torch.equal(batched, crf.inference(images, probs))
     for i in range(3):
         assert torch.equal(batched[i : i + 1], crf.inference(images[i : i + 1], probs[i : i + 1]))
 
@@ -306,8 +308,9 @@ def test_torch_backend_reuses_the_spatial_lattice_and_its_buffers_safely():
 
 
 def test_torch_backend_host_syncs_do_not_grow_with_the_iterations():
-    # Budget: 2 per lattice set-up (key range + finiteness, number of points): the bilateral lattice at
-    # every call, the spatial one the first time a size is seen; none per mean-field iteration.
+    # Budget: 2 per lattice set-up (key range + finiteness, number of points): the bilateral lattice of
+    # each image (of the batch on CUDA), the spatial one the first time a size is seen; none per
+    # mean-field iteration.
     from host_syncs import count_host_syncs
 
     _, images, probs = _batch(count=2)
@@ -319,8 +322,11 @@ def test_torch_backend_host_syncs_do_not_grow_with_the_iterations():
         with count_host_syncs() as calls:
             crf.inference(images, probs, iter_max=steps)
         counts.append(sum(calls.values()))
-    assert sum(first_call.values()) == 4
-    assert counts == [2, 2]
+    assert sum(first_call.values()) == 2 + 2 * 2
+    assert counts == [2 * 2, 2 * 2]
+    with count_host_syncs() as calls:
+        crf._torch_batched(images, probs, 6)
+    assert sum(calls.values()) == 2
 
 
 @pytest.mark.cuda

@@ -144,3 +144,27 @@ def test_cuda_matches_cpu():
     label = refine_cams_with_background(par, images.cuda(), cams.cuda(), cls_label.cuda())
     assert label.device.type == "cuda"
     assert (label.cpu() == refine_cams_with_background(par, images, cams, cls_label)).float().mean() > 0.999
+
+
+def test_per_image_high_thre_equals_one_call_per_image():
+    # DuPL's refine_cams_with_dynamic_thres: image b's high background map is the constant high_thre[b]
+    images, cams, cls_label = random_case()
+    img_box = torch.tensor([[0, 20, 0, 26], [2, 15, 3, 20], [5, 6, 0, 1]])
+    par = PAR(num_iter=3)
+    high = torch.tensor([0.55, 0.7, 0.62])
+    label = refine_cams_with_background(par, images, cams, cls_label, high_thre=high, img_box=img_box)
+    for b in range(3):
+        one = refine_cams_with_background(
+            par, images[b : b + 1], cams[b : b + 1], cls_label[b : b + 1], high_thre=float(high[b]),
+            img_box=img_box[b : b + 1],
+        )  # fmt: skip
+        assert torch.equal(label[b : b + 1], one), b
+
+
+@pytest.mark.parametrize(
+    ("high_thre", "match"), [(torch.tensor([0.5, 0.2, 0.9]), r"high_thre\[1\]"), (torch.ones(2), "high_thre")]
+)
+def test_per_image_high_thre_checks(high_thre, match):
+    images, cams, cls_label = random_case()
+    with pytest.raises(ValueError, match=match):
+        refine_cams_with_background(PAR(num_iter=1), images, cams, cls_label, high_thre=high_thre)
