@@ -14,13 +14,16 @@ CHECK_ENV = "MCC_CHECK_FINITE"
 def check_finite(value: object, name: str) -> None:
     """Raises ``ValueError`` naming ``name`` when a floating tensor holds NaN or infinite values.
 
-    The check runs on CPU tensors (where it is a cheap pass over memory), and on accelerator tensors only
-    when the environment variable ``MCC_CHECK_FINITE=1`` is set: there it waits for the device (a host
-    sync), which the training step must not do at every call. Non-tensors and integer tensors pass.
+    By default the check runs on CPU tensors (where it is a cheap pass over memory) and not on accelerator
+    tensors, where it would wait for the device (a host sync), which the training step must not do at
+    every call. The environment variable ``MCC_CHECK_FINITE`` changes that: ``1`` checks everywhere,
+    ``0`` nowhere (what a GPU run does with tensors the step computes; the host-sync tests use it to count
+    a CPU step as a GPU would run it). Non-tensors and integer tensors pass.
     """
     if not torch.is_tensor(value) or not (value.is_floating_point() or value.is_complex()):
         return
-    if value.device.type != "cpu" and os.environ.get(CHECK_ENV, "") in ("", "0"):
+    setting = os.environ.get(CHECK_ENV, "")
+    if setting == "0" or (value.device.type != "cpu" and setting != "1"):
         return
     finite = torch.isfinite(value)
     if bool(finite.all()):

@@ -100,3 +100,11 @@ def test_device_tensors_are_not_checked_unless_asked(monkeypatch):
     with pytest.raises((NotImplementedError, RuntimeError)):  # asked: it does look (meta has no data)
         check_finite(meta, "x")
     check_finite(torch.arange(3), "x")  # integers are always finite
+
+
+def test_checks_can_be_turned_off_everywhere(monkeypatch):
+    bad = torch.tensor([0.0, float("nan")])
+    with pytest.raises(ValueError, match="x holds 1 NaN"):
+        check_finite(bad, "x")
+    monkeypatch.setenv("MCC_CHECK_FINITE", "0")
+    check_finite(bad, "x")  # off: the GPU's behaviour for the step's own tensors, on any device
