@@ -736,7 +736,8 @@ class _Decoded(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int):
         try:
-            return index, np.asarray(read_image(self.items[index].path)), ""
+            # np.array, not asarray: a writable copy, which collate turns into a tensor without a warning
+            return index, np.array(read_image(self.items[index].path)), ""
         except (FileNotFoundError, ValueError) as error:
             return index, None, str(error)
 
