@@ -16,7 +16,8 @@ gradient part, a difference), ``grad`` (the gradient part with the labels given:
   gradient part and the whole fast step back to back, so slow drift of a shared machine hits both
   computations alike. Reported: medians of wall time, and the medians of the per-iteration ratios of
   wall time and of this process's CPU time (the fairer figure on a shared CPU with ``--threads 1``).
-* Peak memory: each part of each computation once in a fresh process (see ``common.py``).
+* Peak memory: each part of each computation, and each whole step, once in a fresh process (see
+  ``common.py``).
 * ``--breakdown``: where the fast step's time goes, each part timed alone on the same inputs (the CAM
   pass of each scale, the CAM resizes and merges, PAR, the rest of the labels, the gradient pass, the
   masked views; heads, losses and optimiser = the whole step minus those).
@@ -136,9 +137,12 @@ def memory_child(args: argparse.Namespace) -> dict:
     if args.part == "labels":
         mark = memory_mark(device)
         labels()
-    elif args.part == "step":  # the whole fast step, its own label pass included
+    elif args.part == "step":  # a whole step: its labels, then its gradient part
         mark = memory_mark(device)
-        fast_step()
+        if args.path == "fast":
+            fast_step()  # its own label pass included
+        else:
+            grad_part(labels(), False)
     else:
         made = labels()
         # The labels' own peak is not counted: it is measured by the "labels" child.
@@ -239,7 +243,13 @@ def dry_run(args: argparse.Namespace) -> None:
                                  "repeats": 1, "warmup": 0, "ratio": args.ratios[0]})  # fmt: skip
     time_child(tiny)
     breakdown_child(tiny)
-    for part, path in (("labels", "fast"), ("grad", "plain"), ("grad", "fast"), ("step", "fast")):
+    for part, path in (
+        ("labels", "fast"),
+        ("grad", "plain"),
+        ("grad", "fast"),
+        ("step", "plain"),
+        ("step", "fast"),
+    ):
         memory_child(argparse.Namespace(**{**vars(tiny), "part": part, "path": path}))
     summary = {"benchmark": "train_step", "dry_run": True, "model": args.model, "size": args.size,
                "batch": args.batch, "device": args.device, "amp": args.amp, "ratios": args.ratios,
@@ -286,7 +296,13 @@ def main() -> None:
             (part, path): run_child(
                 __file__, shared + [f"--part={part}", f"--path={path}", f"--ratio={ratio}"]
             )["peak_mb"]
-            for part, path in (("labels", "fast"), ("grad", "plain"), ("grad", "fast"), ("step", "fast"))
+            for part, path in (
+                ("labels", "fast"),
+                ("grad", "plain"),
+                ("grad", "fast"),
+                ("step", "plain"),
+                ("step", "fast"),
+            )
         }
         # rows: (labels, plain gradient part, fast gradient part, whole fast step), each (wall s, CPU s)
         columns = {
@@ -297,7 +313,7 @@ def main() -> None:
         peaks = {
             "labels": (memory[("labels", "fast")], float("nan")),
             "grad": (memory[("grad", "plain")], memory[("grad", "fast")]),
-            "step": (max(memory[("labels", "fast")], memory[("grad", "plain")]), memory[("step", "fast")]),
+            "step": (memory[("step", "plain")], memory[("step", "fast")]),
         }
         for part, (plain, fast) in columns.items():
             plain_s = statistics.median(plain(r, 0) for r in rows)

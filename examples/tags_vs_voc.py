@@ -16,7 +16,6 @@ The tags are the image labels of the masks, so both runs see the same labels: th
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import shutil
@@ -27,6 +26,7 @@ import torch
 
 from mcc.cli import predict as predict_cli
 from mcc.cli import train as train_cli
+from mcc.cli._common import ArgumentParser, HelpFormatter
 from mcc.data import VOCSegmentation, make_synthetic_voc
 from mcc.training import ConfusionMatrix, load_checkpoint, read_label_png
 
@@ -36,13 +36,8 @@ MODEL = [
 ]  # fmt: skip
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description=__doc__,
-        formatter_class=type(
-            "F", (argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter), {}
-        ),
-    )
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="tags_vs_voc.py", description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--work-dir", default="runs/tags_vs_voc", help="data, runs and predictions")
     parser.add_argument("--num-train", type=int, default=400, help="synthetic training images")
     parser.add_argument("--num-val", type=int, default=50, help="held-out images to predict and score")

@@ -260,6 +260,43 @@ def make_grid(
     return grid
 
 
+def _legend_row(
+    entries: Sequence[tuple[str, tuple[int, int, int]]], width: int, padding: int, size: int
+) -> np.ndarray:
+    """Colour swatches with their names, left to right, wrapped to ``width`` (white background)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    try:
+        font = ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1
+        font = ImageFont.load_default()
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    line_h = size + 2 * max(2, size // 3)
+    placed, x, y = [], padding, 0
+    for name, colour in entries:
+        left, _, right, _ = measure.textbbox((0, 0), name, font=font)
+        item_w = size + 4 + (right - left) + 2 * size
+        if x + item_w > width - padding and x > padding:
+            x, y = padding, y + line_h
+        placed.append((x, y, name, colour))
+        x += item_w
+    row = Image.new("RGB", (width, y + line_h), (255, 255, 255))
+    draw = ImageDraw.Draw(row)
+    for x, y, name, colour in placed:
+        top = y + (line_h - size) // 2
+        draw.rectangle(
+            [x, top, x + size - 1, top + size - 1], fill=tuple(int(c) for c in colour), outline=(0, 0, 0)
+        )
+        _, text_top, _, text_bottom = draw.textbbox((0, 0), name, font=font)
+        draw.text(
+            (x + size + 4, y + (line_h - (text_bottom - text_top)) // 2 - text_top),
+            name,
+            fill=(0, 0, 0),
+            font=font,
+        )
+    return np.asarray(row, dtype=np.uint8)
+
+
 def _title_row(
     titles: Sequence[str], width: int, cell: tuple[int, int], pad_value: int, size: int
 ) -> np.ndarray:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from mcc._checks import check_finite
+
 __all__ = ["box_mask", "cam_to_label", "check_high_thre", "check_img_box"]
 
 
@@ -92,7 +94,8 @@ def cam_to_label(
 ) -> torch.Tensor:
     """Turns CAMs into a segmentation label by thresholding the best present class.
 
-    With ``score, cls = max_c(cam * cls_label)`` the label is ``cls + 1`` (class ids start at 1,
+    With ``score, cls = max_c(cam * cls_label)`` over the present classes (``cls_label > 0``; an absent
+    class never wins) the label is ``cls + 1`` (class ids start at 1,
     background is 0), then either
 
     * two-way (``bkg_thre``, used to score CAMs): 0 where ``score <= bkg_thre``;
@@ -105,7 +108,7 @@ def cam_to_label(
     Args:
         cam: class activation maps, shape (B, C, h, w), e.g. min-max normalised to [0, 1].
         cls_label: multi-hot image labels over foreground classes, shape (B, C). A zero row (an image
-            with no foreground class) has score 0 everywhere: background wherever the threshold is >= 0.
+            with no foreground class) has no class to win: background everywhere.
         bkg_thre: background threshold of the two-way label.
         low_thre: background threshold of the three-way label (beta_bg, paper: 0.25).
         high_thre: foreground threshold of the three-way label (beta_fg, paper: 0.7), >= ``low_thre``;
@@ -121,8 +124,9 @@ def cam_to_label(
 
     Raises:
         ValueError: wrong shapes, a ``cls_label`` width that is not C, an ``img_box`` row that is empty
-            or out of range, or thresholds that are not exactly one of the two modes (or
-            ``low_thre > high_thre``).
+            or out of range, thresholds that are not exactly one of the two modes (or
+            ``low_thre > high_thre``), or NaN/inf in ``cam`` or ``cls_label`` (checked on CPU tensors;
+            on an accelerator with ``MCC_CHECK_FINITE=1``, see :func:`mcc._checks.check_finite`).
 
     Example:
         >>> cam = torch.tensor([[[[0.1, 0.5, 0.9]]]])
@@ -146,6 +150,8 @@ def cam_to_label(
         )
     if three_way:
         high_thre = check_high_thre(high_thre, low_thre, batch, cam.device)
+    check_finite(cam, "cam")
+    check_finite(cls_label, "cls_label")
     inside = None if img_box is None else box_mask(img_box, batch, (height, width), device=cam.device)
     return _label_from_cam(cam, cls_label, bkg_thre, low_thre, high_thre, inside, ignore_index)
 
@@ -186,8 +192,10 @@ def _label_from_cam(
     """:func:`cam_to_label` on checked arguments, the valid region given as a (B, h, w) bool map."""
     # Compare in float32 at least: a bf16 score would round the thresholds (0.3 -> 0.30078125).
     cam = cam.to(torch.promote_types(cam.dtype, torch.float32))
-    score, cls = (cam * cls_label.to(device=cam.device, dtype=cam.dtype)[:, :, None, None]).max(dim=1)
-    label = cls + 1
+    present = cls_label.to(device=cam.device, dtype=cam.dtype)[:, :, None, None]
+    # an absent class never wins, not even over a NaN or negative CAM value of a present one
+    score, cls = torch.where(present > 0, cam * present, float("-inf")).max(dim=1)
+    label = (cls + 1).masked_fill_(score.isnan(), ignore_index)  # NaN (unchecked on an accelerator)
     # masked_fill rather than label[mask] = v: boolean-mask indexing may read the mask on the host
     if bkg_thre is not None:
         label = label.masked_fill(score <= bkg_thre, 0)

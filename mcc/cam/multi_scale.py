@@ -30,9 +30,10 @@ def _check_maps(name: str, maps: torch.Tensor, batch: int) -> None:
 
 
 def _min_max(cam: torch.Tensor) -> torch.Tensor:
-    # Per image and class; the 1e-5 keeps an all-zero map at zero instead of NaN.
+    # Per image and class; the 1e-5 keeps an all-zero map at zero instead of NaN. A new tensor (``cam``
+    # may be a caller's), then in place.
     cam = cam - cam.amin(dim=(-2, -1), keepdim=True)
-    return cam / (cam.amax(dim=(-2, -1), keepdim=True) + 1e-5)
+    return cam.div_(cam.amax(dim=(-2, -1), keepdim=True) + 1e-5)
 
 
 @torch.no_grad()
@@ -87,6 +88,7 @@ def _deferred_multi_scale_cam(
     flip: bool,
     *,
     defer_direct: bool,
+    classes: torch.Tensor | None = None,
 ) -> Callable[[tuple[torch.Tensor, torch.Tensor | None] | None], tuple[torch.Tensor, torch.Tensor | None]]:
     """:func:`multi_scale_cam` in two parts, for a caller that computes ``cam_fn(images)`` itself.
 
@@ -94,93 +96,135 @@ def _deferred_multi_scale_cam(
     size is ``H x W``); the returned ``finish(direct)`` takes those maps, ``direct = cam_fn(images)``, and
     returns what :func:`multi_scale_cam` returns. The training step gets them from its gradient pass (the
     same weights on the same input). The flipped half of such a scale runs alone (batch B, not 2B), and
-    both halves are resized separately; every operation is per image, so the result is the same. Without
-    ``defer_direct`` everything runs now and ``finish`` takes None. No gradient.
+    both halves are resized separately; every operation is per image and channel, so the result is the
+    same. Without ``defer_direct`` everything runs now and ``finish`` takes None. No gradient.
+
+    ``classes`` (indices on the maps' device): only these channels are resized, merged and normalised,
+    the others are returned as zeros (for callers whose labels read only the classes present). Every
+    channel is computed on its own, so the given ones equal :func:`multi_scale_cam`'s.
     """
     if images.ndim != 4:
         raise ValueError(f"images must have shape (B, 3, H, W), got {tuple(images.shape)}")
     if len(scales) == 0:
         raise ValueError("scales must not be empty")
     batch, _, height, width = images.shape
+    size_hw = (height, width)
     sizes = [(int(s * height), int(s * width)) for s in scales]
     for s, (h, w) in zip(scales, sizes, strict=True):
         if s <= 0 or h < 1 or w < 1:
             raise ValueError(f"scales: factor {s} gives an empty {h}x{w} image from {height}x{width}")
+    defer_direct = defer_direct and size_hw in sizes  # nothing to defer without a full-size scale
+    channels: list[int | None] = [None, None]  # of cam and cam_aux, as cam_fn returns them
 
-    # Per scale: the merged (cam, cam_aux), or for a deferred scale the resized maps of the flipped half.
-    parts: list[tuple[bool, torch.Tensor | None, torch.Tensor | None]] = []
+    def maps_of(x: torch.Tensor, rows: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        cam, cam_aux = _split_maps(cam_fn(x))
+        _check_maps("cam", cam, rows)
+        if cam_aux is not None:
+            _check_maps("cam_aux", cam_aux, rows)
+        channels[:] = cam.shape[1], None if cam_aux is None else cam_aux.shape[1]
+        cam_aux = None if cam_aux is None else _resize(cam_aux, size_hw, images.device, classes)
+        return _resize(cam, size_hw, images.device, classes), cam_aux
+
+    # Per scale: the merged (cam, cam_aux); None for a deferred scale (then `flipped`: its flipped half).
+    parts: list[tuple[torch.Tensor, torch.Tensor | None] | None] = []
     flipped: tuple[torch.Tensor, torch.Tensor | None] | None = None
     with torch.no_grad():
         for size in sizes:
-            if defer_direct and size == (height, width):
+            if defer_direct and size == size_hw:
                 if flip and flipped is None:
-                    flipped = _maps(cam_fn, images.flip(-1), batch, (height, width), images.device)
-                parts.append((True, None, None))
+                    flipped = maps_of(images.flip(-1), batch)
+                parts.append(None)
                 continue
             x = images
-            if size != (height, width):
+            if size != size_hw:
                 x = F.interpolate(images, size=size, mode="bilinear", align_corners=False)
             if flip:
                 x = torch.cat([x, x.flip(-1)], dim=0)
-            cam, cam_aux = _maps(cam_fn, x, x.shape[0], (height, width), images.device)
+            cam, cam_aux = maps_of(x, x.shape[0])
             parts.append(
-                (False, _merge(cam, batch, flip), None if cam_aux is None else _merge(cam_aux, batch, flip))
+                (
+                    _merge_resized(cam, batch, flip),
+                    None if cam_aux is None else _merge_resized(cam_aux, batch, flip),
+                )
             )
 
     def finish(direct):
         if defer_direct == (direct is None):
-            raise ValueError("finish takes cam_fn(images) exactly when the direct pass was deferred")
+            raise ValueError(
+                "finish takes cam_fn(images) exactly when the direct pass was deferred (a scale keeps H x W)"
+            )
         with torch.no_grad():
             if direct is not None:
                 cam, cam_aux = _split_maps(direct)
                 _check_maps("cam", cam, batch)
-                cam = _resize(cam, (height, width), images.device)
+                channels[0] = cam.shape[1]
+                cam = _resize(cam, size_hw, images.device, classes)
                 if cam_aux is not None:
                     _check_maps("cam_aux", cam_aux, batch)
-                    cam_aux = _resize(cam_aux, (height, width), images.device)
-                if flip:
+                    channels[1] = cam_aux.shape[1]
+                    cam_aux = _resize(cam_aux, size_hw, images.device, classes)
+                if flip:  # the flipped half merged by max, as _merge does with both halves in one batch
                     assert flipped is not None
-                    cam = torch.cat([cam, flipped[0]])
-                    if cam_aux is not None:
-                        cam_aux = None if flipped[1] is None else torch.cat([cam_aux, flipped[1]])
-                direct_parts = (
-                    _merge(cam, batch, flip),
-                    None if cam_aux is None else _merge(cam_aux, batch, flip),
-                )
-            cam_sum: torch.Tensor | None = None
-            aux_sum: torch.Tensor | None = None
-            for deferred, cam, cam_aux in parts:
-                if deferred:
-                    cam, cam_aux = direct_parts
-                cam_sum = cam if cam_sum is None else cam_sum + cam
-                if cam_aux is not None:
-                    aux_sum = cam_aux if aux_sum is None else aux_sum + cam_aux
-            assert cam_sum is not None
-            return _min_max(cam_sum), None if aux_sum is None else _min_max(aux_sum)
+                    cam = torch.maximum(cam, flipped[0].flip(-1), out=cam)
+                    if cam_aux is not None and flipped[1] is not None:
+                        cam_aux = torch.maximum(cam_aux, flipped[1].flip(-1), out=cam_aux)
+                    elif cam_aux is not None:
+                        cam_aux = None
+                direct_parts = (cam.relu_(), None if cam_aux is None else cam_aux.relu_())
+            merged = [direct_parts if part is None else part for part in parts]
+            cam = _min_max(_sum([part[0] for part in merged]))
+            aux = [part[1] for part in merged if part[1] is not None]
+            cam_aux = _min_max(_sum(aux)) if aux else None
+            if classes is not None:
+                cam = _scatter(cam, channels[0], classes)
+                cam_aux = None if cam_aux is None else _scatter(cam_aux, channels[1], classes)
+            return cam, cam_aux
 
     return finish
 
 
-def _maps(cam_fn: CamFn, x: torch.Tensor, rows: int, size: tuple[int, int], device: torch.device):
-    """``cam_fn(x)`` checked and resized to ``size`` (float32 at least)."""
-    cam, cam_aux = _split_maps(cam_fn(x))
-    _check_maps("cam", cam, rows)
-    if cam_aux is not None:
-        _check_maps("cam_aux", cam_aux, rows)
-        cam_aux = _resize(cam_aux, size, device)
-    return _resize(cam, size, device), cam_aux
+def _sum(maps: list[torch.Tensor]) -> torch.Tensor:
+    """``((m0 + m1) + m2) + ...`` in this order; in place after the first sum, which makes a new tensor (a
+    list may hold one tensor twice)."""
+    total = maps[0]
+    for index, other in enumerate(maps[1:]):
+        total = total + other if index == 0 else total.add_(other)
+    return total
 
 
-def _resize(maps: torch.Tensor, size: tuple[int, int], device: torch.device) -> torch.Tensor:
+def _scatter(maps: torch.Tensor, channels: int, classes: torch.Tensor) -> torch.Tensor:
+    """Maps of the ``classes`` channels -> all ``channels``, zeros elsewhere."""
+    out = maps.new_zeros(maps.shape[0], channels, *maps.shape[2:])
+    return out.index_copy_(1, classes, maps)
+
+
+def _resize(
+    maps: torch.Tensor, size: tuple[int, int], device: torch.device, classes: torch.Tensor | None = None
+) -> torch.Tensor:
+    # NCHW-contiguous (a CAM made by a 1x1 convolution of transposed tokens comes channels-last), so that
+    # every channel is resized on its own by the same kernel whatever the channel count
     maps = maps.to(device=device, dtype=torch.promote_types(maps.dtype, torch.float32))
+    maps = maps.contiguous()
+    if classes is not None:
+        maps = maps.index_select(1, classes)
     return F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
 
 
-def _merge(maps: torch.Tensor, batch: int, flip: bool) -> torch.Tensor:
-    """One scale's resized maps (N, C, H, W) -> (B, C, H, W): merge the flipped half by max, ReLU."""
+def _merge(
+    maps: torch.Tensor, batch: int, size: tuple[int, int], flip: bool, device: torch.device
+) -> torch.Tensor:
+    """One scale's maps (N, C, h, w) -> (B, C, H, W): resize, merge the flipped half by max, ReLU."""
+    return _merge_resized(_resize(maps, size, device), batch, flip)
+
+
+def _merge_resized(maps: torch.Tensor, batch: int, flip: bool) -> torch.Tensor:
+    """One scale's resized maps (N, C, H, W) -> (B, C, H, W): merge the flipped half by max, ReLU.
+
+    In place on ``maps`` (a fresh tensor of the caller's)."""
     if flip:
-        maps = torch.maximum(maps[:batch], maps[batch:].flip(-1))
-    return maps.relu()
+        direct = maps[:batch]
+        maps = torch.maximum(direct, maps[batch:].flip(-1), out=direct)
+    return maps.relu_()
 
 
 def resize_to_patch_multiple(images: torch.Tensor, patch: tuple[int, int]) -> torch.Tensor:
@@ -268,8 +312,8 @@ def multi_scale_cam_seg(
         cam, cam_aux, seg = returned
         for name, maps in (("cam", cam), ("cam_aux", cam_aux), ("seg_logits", seg)):
             _check_maps(name, maps, x.shape[0])
-        cam = _merge(_resize(cam, (height, width), images.device), batch, flip)
-        cam_aux = _merge(_resize(cam_aux, (height, width), images.device), batch, flip)
+        cam = _merge_resized(_resize(cam, (height, width), images.device), batch, flip)
+        cam_aux = _merge_resized(_resize(cam_aux, (height, width), images.device), batch, flip)
         seg = _resize(seg, (height, width), images.device)
         if flip:
             seg = seg[:batch] + seg[batch:].flip(-1)

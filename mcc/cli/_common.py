@@ -75,6 +75,8 @@ def user_error_message(error: BaseException) -> str | None:
 
 def _os_error_text(error: OSError) -> str:
     text = str(error)
+    if isinstance(error, FileExistsError):  # makedirs over a file
+        return f"{error.filename} exists and is not a folder"
     if text.startswith("[Errno") and error.strerror:  # "[Errno 2] No such file ...: 'x'" from the OS
         return f"{error.strerror}: {error.filename}"
     return text

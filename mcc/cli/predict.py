@@ -22,7 +22,14 @@ import warnings
 
 import torch
 
-from mcc.cli._common import ArgumentParser, HelpFormatter, add_run_arguments, make_crf, run_cli
+from mcc.cli._common import (
+    ArgumentParser,
+    HelpFormatter,
+    add_run_arguments,
+    make_crf,
+    non_negative_int,
+    run_cli,
+)
 from mcc.data.layout import VOC_CLASSES
 from mcc.training import (
     CheckpointError,
@@ -73,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     outputs.add_argument(
         "--batch-size", type=int, default=1, help="images per forward pass (same-size images)"
+    )
+    outputs.add_argument(
+        "--num-workers", type=non_negative_int, default=2, help="processes decoding the images (0: none)"
     )
     add_run_arguments(parser)
     return parser
@@ -125,7 +135,7 @@ def run(argv: list[str] | None = None) -> dict:
         state = load_checkpoint(args.checkpoint)
         net = net_from_checkpoint(state)
     except (FileNotFoundError, CheckpointError) as error:
-        parser.error(f"--checkpoint: {error}")
+        parser.error(" ".join(f"--checkpoint: {error}".split()))  # torch's messages span lines
     class_names = checkpoint_class_names(state, net.num_classes)
     del state
 
@@ -158,6 +168,7 @@ def run(argv: list[str] | None = None) -> dict:
                 overlay=args.overlay,
                 overwrite=args.overwrite,
                 skip_bad=args.skip_bad,
+                num_workers=args.num_workers,
                 rank=context.rank,
                 world_size=context.world_size,
                 settings={"checkpoint": str(args.checkpoint)},

@@ -22,6 +22,7 @@ import dataclasses
 import json
 import random
 import sys
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -142,7 +143,12 @@ def build_parser(dataset: str, tags: bool = False) -> argparse.ArgumentParser:
             description=f"Train MCC on {dataset.upper()} (single process, or torchrun --nproc_per_node=N).",
             formatter_class=HelpFormatter,
         )
-    parser.add_argument("--config", default=None, help="YAML file of argument defaults (keys as below)")
+    parser.add_argument(
+        "--config",
+        default=None,
+        help="YAML file of argument defaults (keys as below), or the name of one shipped with mcc: "
+        f"{', '.join(shipped_configs())}",
+    )
     data = parser.add_argument_group("data")
     if tags:
         data.add_argument(
@@ -302,6 +308,24 @@ def build_parser(dataset: str, tags: bool = False) -> argparse.ArgumentParser:
     return parser
 
 
+def shipped_configs() -> list[str]:
+    """Names of the ``--config`` files shipped with the package (``mcc/configs/<name>.yaml``)."""
+    folder = resources.files("mcc").joinpath("configs")
+    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def config_path(text: str) -> Path | None:
+    """The file of ``--config``: a path, else a shipped config's name (``voc_released``, with or without
+    ``.yaml``); None when neither exists."""
+    path = Path(text)
+    if path.is_file():
+        return path
+    name = text[: -len(".yaml")] if text.endswith(".yaml") else text
+    if "/" not in name and name in shipped_configs():
+        return Path(str(resources.files("mcc").joinpath("configs", f"{name}.yaml")))
+    return None
+
+
 def build_tags_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     """``mcc-train``'s parser, with the defaults of the ``--recipe`` named in ``argv`` (default VOC)."""
     pre = ArgumentParser(prog="mcc-train", add_help=False)
@@ -320,10 +344,16 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None = None) -
             import yaml
         except ImportError:
             parser.error("--config needs pyyaml: pip install pyyaml (or the 'examples' extra)")
-        path = Path(known.config)
-        if not path.is_file():
-            parser.error(f"--config: file not found: {path}")
-        values = yaml.safe_load(path.read_text()) or {}
+        path = config_path(known.config)
+        if path is None:
+            parser.error(
+                f"--config: file not found: {known.config} (nor a config shipped with mcc: "
+                f"{', '.join(shipped_configs())})"
+            )
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as error:
+            parser.error(f"--config: {path} is not valid YAML: {' '.join(str(error).split())}")
         if not isinstance(values, dict):
             parser.error(f"--config: {path} must hold a mapping of argument names to values")
         values = {key.replace("-", "_"): value for key, value in values.items()}
@@ -421,6 +451,8 @@ def build_backbone(args: argparse.Namespace, parser: argparse.ArgumentParser | N
             nor found in the local cache (offline), or ``--pretrained-file`` does not exist: one line
             that says what to pass instead. Without ``parser`` the original exception propagates.
     """
+    if "img_size" in dict(args.vit):
+        raise UserError("--vit img_size: the crop size is --crop-size (timm's img_size follows it)")
     try:
         return build_vit(
             args.model, args.pretrained, args.pretrained_file, img_size=args.crop_size, **dict(args.vit)
@@ -433,6 +465,8 @@ def build_backbone(args: argparse.Namespace, parser: argparse.ArgumentParser | N
             message = f"--crop-size {args.crop_size}: {message}"
         elif message.startswith("name:"):
             message = f"--model{message[len('name') :]}"
+        elif message.startswith("pretrained_file"):
+            message = f"--pretrained-file{message[len('pretrained_file') :]}"
         elif any(message.startswith(f"{key}=") for key, _ in args.vit):
             message = f"--vit {message}"
         raise UserError(message) from error
@@ -515,7 +549,7 @@ def read_training_tags(args: argparse.ArgumentParser, parser: argparse.ArgumentP
         if args.val_labels:
             val_tags = read_tags(args.val_labels, args.val_images or args.images, tags.class_names[1:])
     except (FileNotFoundError, ValueError) as error:
-        parser.error(str(error))
+        parser.error(" ".join(str(error).split()))
     if args.val_root:
         try:
             root = VOCSegmentation(args.val_root, args.val_split, validate=False)

@@ -189,6 +189,8 @@ class MCCConfig:
             raise ValueError(f"infonce_variant must be 'reference' or 'paper', got {self.infonce_variant!r}")
         if self.num_views < 1 or self.mask_scale < 1:
             raise ValueError("num_views and mask_scale must be >= 1")
+        if not self.cam_scales or not all(s > 0 for s in self.cam_scales):
+            raise ValueError(f"cam_scales must be a non-empty sequence of factors > 0, got {self.cam_scales}")
         if not 0.0 <= self.momentum <= 1.0:
             raise ValueError(f"momentum must be in [0, 1], got {self.momentum}")
         if self.par_image not in ("uint8", "float"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -9,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mcc._checks import check_finite
 from mcc.attention import KeyMaskedViT, ScaledBernoulliKeyMask, patch_vit
 from mcc.cam import cosine_threshold, image_threshold, multi_scale_cam, multi_scale_cam_seg
 from mcc.cam import labels as cam_labels
@@ -354,6 +356,7 @@ class MCCNet(nn.Module):
             ValueError: an ``img_box`` that is not (B, 4) integer rows ``(y0, y1, x0, x1)``, non-empty and
                 inside the crop.
         """
+        self._check_step(step)
         box = self._check_label_inputs(x, cls_label, img_box)
         teacher_seg = None
         if teacher is None:
@@ -492,13 +495,14 @@ class MCCNet(nn.Module):
             ValueError: bad shapes (named), a missing ``strong`` view or ``teacher`` the config needs.
         """
         cfg = self.config
+        self._check_step(step)
         self._check_batch(x, v1, v2, cls_label, img_box)
         self._check_options(x, step, labels, strong, teacher)
         if labels is None and teacher is None and fast and self._label_pass_reuses_main(x):
             # The label pass without its unflipped scale-1.0 pass, then the gradient pass, whose tokens of
             # x give those CAMs (docs/method.md section 3); make_labels' checks, in its order.
             box = self._check_label_inputs(x, cls_label, img_box)
-            finish = self._deferred_cams(x)
+            finish = self._deferred_cams(x, cls_label)
             main, student_global, teacher_global = self._encode_global(x, v1)
             with torch.no_grad():
                 direct = (
@@ -698,12 +702,21 @@ class MCCNet(nn.Module):
         student_global = torch.stack([main.cls, cls_v1], dim=1)
         return main, student_global, student_global.detach()
 
-    def _deferred_cams(self, x: torch.Tensor):
-        """:meth:`multi_scale_cams` of x without the unflipped full-size pass; ``finish(cams(x))`` ends it."""
+    def _deferred_cams(self, x: torch.Tensor, cls_label: torch.Tensor):
+        """:meth:`multi_scale_cams` of x without the unflipped full-size pass; ``finish(cams(x))`` ends it.
+
+        With ``cls_label`` on the host (no device sync to read it), the full-size maps are made for the
+        classes present in the batch only, zeros elsewhere: every label multiplies the CAMs by
+        ``cls_label`` or takes the present classes, so the labels are the same (the step does not return
+        these CAMs).
+        """
         scales = tuple(self.config.cam_scales)
         self._check_images(x, patch_multiple=True)
         self._check_scaled_sizes(tuple(x.shape[-2:]), scales, "scales")
-        return _deferred_multi_scale_cam(self.cams, x, scales, True, defer_direct=True)
+        classes = None
+        if cls_label.device.type == "cpu":
+            classes = (cls_label != 0).any(0).nonzero()[:, 0].to(x.device, non_blocking=True)
+        return _deferred_multi_scale_cam(self.cams, x, scales, True, defer_direct=True, classes=classes)
 
     def _label_pass_reuses_main(self, x: torch.Tensor) -> bool:
         """Whether the label pass can take the CAMs of x at full size from the gradient pass.
@@ -742,6 +755,7 @@ class MCCNet(nn.Module):
     def _check_cls_label(self, cls_label: torch.Tensor, batch: int) -> None:
         shape = tuple(getattr(cls_label, "shape", ()))
         if shape == (batch, self.num_classes):
+            check_finite(cls_label, "cls_label")  # CPU tensors (no host sync); see mcc._checks
             return
         message = f"cls_label must have shape (B, C) = ({batch}, {self.num_classes}), got {shape}"
         if len(shape) == 2 and shape[0] == batch and shape[1] == self.num_classes - 1:
@@ -762,12 +776,33 @@ class MCCNet(nn.Module):
             raise ValueError(
                 f"images must be floating (normalised with pixel_mean/pixel_std), got {images.dtype}"
             )
+        self._check_dtype(images, "images")
+        check_finite(images, "images")
         patch = self.encoder.patch_size
         if patch_multiple and (images.shape[-2] % patch[0] or images.shape[-1] % patch[1]):
             raise ValueError(
                 f"images: {images.shape[-2]}x{images.shape[-1]} is not a multiple of the patch size "
                 f"{patch[0]}x{patch[1]} (resize first, or use segment, which resizes)"
             )
+
+    def _check_dtype(self, images: torch.Tensor, name: str) -> None:
+        weight = self.classifier.weight.dtype
+        autocast = torch.is_autocast_enabled(images.device.type) and images.dtype != torch.float64
+        if images.dtype != weight and not autocast:  # autocast casts all but float64
+            raise ValueError(
+                f"{name} are {images.dtype} but the network's weights are {weight}: pass "
+                f"{name}.to({weight}), move the network with net.to({images.dtype}), or run under "
+                "torch.autocast"
+            )
+
+    @staticmethod
+    def _check_step(step: object) -> None:
+        try:
+            value = None if isinstance(step, bool) else operator.index(step)
+        except TypeError:
+            value = None
+        if value is None or value < 0:
+            raise ValueError(f"step must be an integer >= 0 (optimiser steps already taken), got {step!r}")
 
     def _check_labels(self, labels: MCCLabels, x: torch.Tensor) -> None:
         batch, grid = x.shape[0], self.encoder.grid_size(x)
@@ -800,6 +835,8 @@ class MCCNet(nn.Module):
                 )
             if view.shape[0] != x.shape[0]:
                 raise ValueError(f"{name} has batch {view.shape[0]}, x has {x.shape[0]}")
+            self._check_dtype(view, name)
+            check_finite(view, name)  # CPU tensors only (no host sync in the training step)
         if v2.shape != x.shape:
             raise ValueError(
                 f"v2 must be aligned with x (same shape {tuple(x.shape)}), got {tuple(v2.shape)}"

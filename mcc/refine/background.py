@@ -10,6 +10,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from mcc._checks import check_finite
 from mcc.cam.labels import box_mask, check_high_thre
 
 __all__ = ["refine_cams_with_background"]
@@ -91,6 +92,8 @@ def refine_cams_with_background(
             f"got {tuple(cls_label.shape)}"
         )
     high_thre = check_high_thre(high_thre, low_thre, batch, images.device)
+    for value, name in ((images, "images"), (cams, "cams"), (cls_label, "cls_label")):
+        check_finite(value, name)
     if int(down_scale) != down_scale or not 1 <= down_scale <= min(height, width):
         raise ValueError(f"down_scale must be an integer in [1, {min(height, width)}], got {down_scale}")
     inside = None if img_box is None else box_mask(img_box, batch, (height, width), device=images.device)

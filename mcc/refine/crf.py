@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 
 import numpy as np
 import torch
@@ -351,36 +352,47 @@ class DenseCRF:
             gaussian = self._gaussian(height, width, device)
             features = bilateral_features(images.to(torch.float32), self.bi_rgb_std, self.bi_xy_std)
             bilateral = self._normalized(PermutohedralLattice(features), self.bi_w).interleaved()
-            rows = (pixels, batch * num_classes)
+            # Q and the kernels' outputs carry `width` >= C channels: the extra ones hold Q = 0 (energy
+            # -inf), so they add nothing anywhere; 24 channels instead of 21 make the CPU's sparse products
+            # about 1.2x faster (rows of 96 bytes) with the same bits in the real channels.
+            channels = _padded_channels(num_classes)
+            rows = (pixels, batch * channels)
             buffers = self._buffers(
                 {
-                    "neg_unary": (pixels, batch, num_classes),
-                    "q": (pixels, batch, num_classes),
-                    "energy": (pixels, batch, num_classes),
-                    "gaussian": rows,
-                    "bilateral": rows,
-                    **{f"g{i}": (gaussian.num_points + 1, batch * num_classes) for i in range(2)},
-                    **{f"b{i}": (bilateral.num_points + 1, num_classes) for i in range(2)},
+                    "neg_unary": (pixels, batch, channels),
+                    "q": (pixels, batch, channels),
+                    "energy": (pixels, batch, channels),
+                    **{f"g{i}": (gaussian.num_points + 1, batch * channels) for i in range(2)},
+                    **{f"b{i}": (bilateral.num_points + 1, channels) for i in range(2)},
                 },
                 device,
             )
             neg_unary, q, energy = buffers["neg_unary"], buffers["q"], buffers["energy"]
-            torch.neg(unary.permute(2, 0, 1), out=neg_unary)
+            torch.neg(unary.permute(2, 0, 1), out=neg_unary[..., :num_classes])
+            neg_unary[..., num_classes:] = -math.inf
             gaussian_work = [buffers[f"g{i}"] for i in range(2)]
             bilateral_work = [buffers[f"b{i}"] for i in range(2)]
             _softmax(neg_unary, q)
             for _ in range(steps):
-                smooth = gaussian.filter_rows(q.view(rows), out=buffers["gaussian"], work=gaussian_work)
-                appearance = bilateral.filter_rows(
-                    q.view(pixels * batch, num_classes),
-                    out=buffers["bilateral"].view(pixels * batch, num_classes),
+                # energy = (-unary + smooth) + appearance: each slice adds its result to energy in place.
+                energy.copy_(neg_unary)
+                gaussian.filter_rows(q.view(rows), out=energy.view(rows), work=gaussian_work, accumulate=True)
+                bilateral.filter_rows(
+                    q.view(pixels * batch, channels),
+                    out=energy.view(pixels * batch, channels),
                     work=bilateral_work,
+                    accumulate=True,
                 )
-                torch.add(neg_unary, smooth.view_as(q), out=energy)
-                energy.add_(appearance.view_as(q))
                 _softmax(energy, q)
-            marginals = q.permute(1, 2, 0).reshape(batch, num_classes, height, width)
+            marginals = q[..., :num_classes].permute(1, 2, 0).reshape(batch, num_classes, height, width)
             return marginals.clone(memory_format=torch.contiguous_format)
+
+
+def _padded_channels(num_classes: int) -> int:
+    """Channels the torch backend computes with: C rounded up to a multiple of 8 when that adds at most
+    a sixth (e.g. 21 -> 24), else C."""
+    padded = -(-num_classes // 8) * 8
+    return padded if 6 * (padded - num_classes) <= num_classes else num_classes
 
 
 def _softmax(x: torch.Tensor, out: torch.Tensor) -> None:

@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mcc._checks import check_finite
+
 __all__ = ["PAR"]
 
 
@@ -153,12 +155,15 @@ class PAR(nn.Module):
             refined masks, shape (B, C, H, W), dtype of ``masks``.
 
         Raises:
-            ValueError: ``images`` or ``masks`` is not 4-D, or their batch sizes differ.
+            ValueError: ``images`` or ``masks`` is not 4-D, their batch sizes differ, or one holds NaN/inf
+                (checked on CPU tensors, on an accelerator with ``MCC_CHECK_FINITE=1``).
         """
         if images.ndim != 4:
             raise ValueError(f"images must have shape (B, 3, H, W), got {tuple(images.shape)}")
         if masks.ndim != 4 or masks.shape[0] != images.shape[0]:
             raise ValueError(f"masks must have shape ({images.shape[0]}, C, h, w), got {tuple(masks.shape)}")
+        check_finite(images, "images")
+        check_finite(masks, "masks")
         size = (images.shape[-2], images.shape[-1])
         with torch.autocast(images.device.type, enabled=False):
             refined = masks.to(_work_dtype(masks))

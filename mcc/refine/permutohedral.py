@@ -412,12 +412,17 @@ class PermutohedralLattice:
         plain: bool = False,
         out: torch.Tensor | None = None,
         work: list[torch.Tensor] | None = None,
+        accumulate: bool = False,
     ) -> torch.Tensor:
         """:meth:`filter` on values already in row order, (rows, K) contiguous, in the lattice's dtype.
 
         ``out`` (rows, K) and ``work`` (two (num_points + 1, K) buffers) let a caller that filters
-        many times (the dense CRF) reuse its memory; nothing else is allocated then on the CPU.
+        many times (the dense CRF) reuse its memory; nothing else is allocated then on the CPU. With
+        ``accumulate`` the result is added to ``out`` (each entry ``out + result``, one rounding) instead
+        of replacing it (not with ``plain``).
         """
+        if accumulate and (out is None or plain):
+            raise ValueError("accumulate needs out and the sparse path (plain=False)")
         channels = flat.shape[1]
         if work is None:
             work = [flat.new_empty(self.num_points + 1, channels) for _ in range(2)]
@@ -446,10 +451,12 @@ class PermutohedralLattice:
             return self._slice_plain(current)
         if not on_cpu:
             result = torch.sparse.mm(self._sparse("slice"), current)
-            return result if out is None else out.copy_(result)
+            if out is None:
+                return result
+            return out.add_(result) if accumulate else out.copy_(result)
         if out is None:
             out = flat.new_empty(flat.shape[0], channels)
-        return torch.addmm(out, self._sparse("slice"), current, beta=0, out=out)
+        return torch.addmm(out, self._sparse("slice"), current, beta=1 if accumulate else 0, out=out)
 
     def _blur_matrices(self) -> list[torch.Tensor]:
         """One CSR matrix per direction: row p holds 0.5 at n1, 0.5 at n2 and 1 at p, in that order.

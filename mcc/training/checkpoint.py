@@ -113,12 +113,24 @@ def load_checkpoint(
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # torch raises RuntimeError, EOFError, UnpicklingError... by failure kind
-        raise CheckpointError(
-            f"checkpoint {path} is truncated or corrupt ({type(error).__name__}: {error})"
-        ) from error
+        raise CheckpointError(f"checkpoint {path} {_load_failure(error)}") from error
     if not isinstance(state, dict):
         raise CheckpointError(f"checkpoint {path} holds a {type(state).__name__}, expected a dict")
     return state
+
+
+def _load_failure(error: Exception) -> str:
+    """Why :func:`torch.load` failed, in one short clause (torch's own message runs to many lines)."""
+    text = str(error)
+    if "Weights only load failed" in text or "weights_only" in text:
+        return (
+            "is corrupt or not a torch checkpoint: it cannot be loaded safely (or it holds Python objects "
+            "other than tensors and plain values, which an mcc checkpoint never does)"
+        )
+    first = " ".join(text.split("\n")[0].split())
+    if "central directory" in first or isinstance(error, EOFError):
+        return f"is truncated or not a torch file ({first[:120]})"
+    return f"is truncated or corrupt ({type(error).__name__}: {first[:160]})"
 
 
 def net_from_checkpoint(

@@ -20,6 +20,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 
+from mcc._checks import check_finite
 from mcc.data import seed_worker
 from mcc.network import MCCConfig, MCCLosses, MCCNet, MCCTrainingStep
 from mcc.schedule import poly_warmup_lr, scaled_warmup_iters
@@ -61,10 +62,15 @@ class TrainSettings:
             with :meth:`~mcc.MCCConfig.scaled_schedule`.
         seed: seed of the batch order and of the key masks (the data's own seed is separate).
         num_workers: DataLoader workers per rank.
-        amp: bf16 autocast on CUDA (ignored, with a message, elsewhere).
+        amp: bf16 autocast of the forward passes on CUDA (fp16 with a gradient scaler on a GPU without
+            bf16; ignored, with a message, elsewhere). The backward runs outside autocast and the losses
+            in float32.
         fast: the exact shortcuts of the training step (docs/method.md section 3).
         find_unused_parameters: passed to DDP.
-        log_every: steps between log lines (and tensorboard points).
+        log_every: steps between log lines (and tensorboard points). The step's values are copied to the
+            host there (one copy for all the steps since the last line) and before every evaluation and
+            checkpoint, and the loss is checked for finiteness: a non-finite loss on any rank raises the
+            same ``FloatingPointError`` on every rank, naming the first bad step.
         eval_every: steps between evaluations (0: only at the end); needs a validation set.
         eval_at_end: evaluate after the last step.
         eval_max_images: score only the first N validation images (None: all).
@@ -688,6 +694,7 @@ def train(
             for index, micro in enumerate(micros):
                 if index > 0:
                     teacher.load_state_dict(teacher_before)  # the EMA moves once per optimiser step
+                check_finite(micro["cls_label"], "cls_label of the training batch")  # on CPU: no sync
                 losses = _micro_step(
                     step_module,
                     _to_device(micro, device),

@@ -242,9 +242,27 @@ def _barrier() -> None:
         dist.barrier()
 
 
-def _write_overview(folder: Path, ids: Sequence[str], vis_format: str, limit: int = 8) -> None:
-    """Stacks the first ``limit`` pictures of ``folder`` into ``overview.<vis_format>``."""
-    from mcc.visualize import make_grid
+PANEL_TITLES = {
+    "image": "image",
+    "cam": "CAM",
+    "cam_par": "CAM+PAR",
+    "prediction": "prediction",
+    "ground_truth": "ground truth",
+}
+
+
+def _write_overview(
+    folder: Path,
+    ids: Sequence[str],
+    vis_format: str,
+    panels: Sequence[str] = ("image",),
+    legend: Sequence[tuple[str, tuple[int, int, int]]] = (),
+    limit: int = 8,
+) -> None:
+    """Stacks the first ``limit`` pictures of ``folder`` into ``overview.<vis_format>``: a titled
+    column per panel of :data:`PANEL_TITLES` (``panels``: those of the pictures, in order), and below the
+    grid the colours of the classes the label panels show (``legend``: ``(name, rgb)`` pairs)."""
+    from mcc.visualize import _legend_row, make_grid
 
     strips = []
     for image_id in ids[:limit]:
@@ -253,11 +271,18 @@ def _write_overview(folder: Path, ids: Sequence[str], vis_format: str, limit: in
     if not strips:
         return
     factor = max(1, -(-128 // min(strip.height for strip in strips)))  # ceil(128 / smallest height)
-    rows = [
-        [np.asarray(s.resize((s.width * factor, s.height * factor), Image.Resampling.NEAREST))]
-        for s in strips
-    ]
-    overview = Image.fromarray(make_grid(rows, padding=4))
+    count, gap = len(panels), 2  # pipeline_strip's padding between panels
+    rows = []
+    for strip in strips:
+        array = np.asarray(strip)
+        width = (array.shape[1] - gap * (count - 1)) // count
+        cells = [array[:, i * (width + gap) : i * (width + gap) + width] for i in range(count)]
+        rows.append([cell.repeat(factor, axis=0).repeat(factor, axis=1) for cell in cells])
+    size = max(11, 6 * factor + 1)
+    grid = make_grid(rows, padding=4, titles=[PANEL_TITLES[name] for name in panels], title_size=size)
+    if legend:
+        grid = np.concatenate([grid, _legend_row(legend, grid.shape[1], 4, size)], axis=0)
+    overview = Image.fromarray(grid)
     kind = "JPEG" if vis_format == "jpg" else "PNG"
     _atomic_write(folder / f"overview.{vis_format}", lambda file: overview.save(file, format=kind))
 
@@ -326,6 +351,7 @@ def evaluate_to_dir(
         pred_dir.mkdir(parents=True, exist_ok=True)
     if save_vis:
         from mcc.visualize import pipeline_strip, to_pil
+    shown: dict[str, Any] = {"panels": ["image"], "classes": set()}  # what the overview's rows hold
 
     def on_image(index: int, sample: dict, outputs: dict[str, torch.Tensor]) -> None:
         image_id = sample["id"]
@@ -336,13 +362,19 @@ def evaluate_to_dir(
             if cam is not None and "cls_label" in sample:  # only the classes of the image
                 cam = cam * sample["cls_label"].to(cam)[:, None, None]
             rgb = net.denormalize(sample["image"].unsqueeze(0).to(next(net.parameters()).device))[0]
-            strip = pipeline_strip(
-                rgb.clamp(0, 1),
+            panels = dict(
                 cam=cam,
                 cam_par=outputs.get("pseudo"),
                 prediction=outputs.get("seg"),
                 ground_truth=sample.get("mask"),
             )
+            strip = pipeline_strip(rgb.clamp(0, 1), **panels)
+            if index == 0:
+                shown["panels"] = ["image", *(name for name, value in panels.items() if value is not None)]
+            if index < 8:  # the overview's images: the classes their label panels colour
+                for name in ("cam_par", "prediction", "ground_truth"):
+                    if panels[name] is not None and not panels[name].is_floating_point():
+                        shown["classes"].update(int(v) for v in torch.unique(panels[name]).tolist())
             path = out_dir / "vis" / f"{image_id}.{vis_format}"
             picture = to_pil(strip)
             _atomic_write(
@@ -366,7 +398,15 @@ def evaluate_to_dir(
     if rank == 0:
         if save_vis:
             ids = [sample_id for sample_id in getattr(dataset, "ids", [])[: min(save_vis, count)]]
-            _write_overview(out_dir / "vis", ids, vis_format)
+            from mcc.visualize import voc_palette as colours
+
+            palette, names = colours(), list(dataset.class_names) + ["ignore"] * 256
+            if world_size > 1:  # other ranks drew some of the images: every class
+                shown["classes"] = set(range(len(dataset.class_names))) | {255}
+            legend = [
+                (names[c] if c != 255 else "ignore", tuple(palette[c])) for c in sorted(shown["classes"])
+            ]
+            _write_overview(out_dir / "vis", ids, vis_format, shown["panels"], legend)
         if not has_truth:
             record["archive"] = make_server_archive(out_dir).name
         write_json(out_dir / "metrics.json", record)

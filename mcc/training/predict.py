@@ -534,6 +534,7 @@ def predict_to_dir(
     overlay: bool = False,
     overwrite: bool = False,
     skip_bad: bool = False,
+    num_workers: int = 0,
     rank: int = 0,
     world_size: int = 1,
     progress: bool | None = None,
@@ -567,6 +568,7 @@ def predict_to_dir(
         overlay, overwrite: see above.
         skip_bad: an image that fails to decode is listed in the result's ``bad`` and skipped; without it
             the ``ValueError`` naming the file propagates (files done so far are kept).
+        num_workers: processes that decode the images while the network runs (0: in this process).
         rank, world_size: this process's share.
         progress: a tqdm bar on rank 0 (default: when stderr is a terminal).
         settings: recorded in ``settings.json`` (e.g. ``checkpoint``).
@@ -651,22 +653,31 @@ def predict_to_dir(
                 bar.update(len(pending))
             pending.clear()
 
+        todo = []
         for item in own:
             if done(item):
                 counts[1] += 1
                 if bar is not None:
                     bar.update(1)
-                continue
-            try:
-                image = read_image(item.path)
-            except (FileNotFoundError, ValueError) as error:
+            else:
+                todo.append(item)
+        decoded = _Decoded(todo)
+        if num_workers:  # decoding in worker processes while the network runs
+            from torch.utils.data import DataLoader
+
+            samples = DataLoader(decoded, batch_size=None, num_workers=num_workers)
+        else:
+            samples = (decoded[i] for i in range(len(decoded)))
+        for index, pixels, error in samples:
+            item = todo[int(index)]
+            if error:
                 if not skip_bad:
-                    raise
-                bad.append((str(item.path), str(error)))
+                    raise ValueError(error)
+                bad.append((str(item.path), error))
                 if bar is not None:
                     bar.update(1)
                 continue
-            pending.append((item, image))
+            pending.append((item, Image.fromarray(np.asarray(pixels))))
             if len(pending) >= batch_size:
                 flush()
         flush()
@@ -711,6 +722,23 @@ def predict_to_dir(
         "skipped": int(counts[1]),
         "bad": [list(entry) for entry in bad_all],
     }
+
+
+class _Decoded(torch.utils.data.Dataset):
+    """``(index, (H, W, 3) uint8 pixels or None, error message or "")`` of each image: decoding errors are
+    returned, not raised, so that a worker process hands them back whole."""
+
+    def __init__(self, items: Sequence[InputImage]) -> None:
+        self.items = items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int):
+        try:
+            return index, np.asarray(read_image(self.items[index].path)), ""
+        except (FileNotFoundError, ValueError) as error:
+            return index, None, str(error)
 
 
 def _write_overlay(path: Path, image: Image.Image, mask: torch.Tensor, alpha: float = 0.5) -> None:

@@ -185,6 +185,10 @@ def pretrain_vit(
         raise ValueError(
             f"vit must have a linear head with train_set.num_classes = {num_classes} outputs, got {head}"
         )
+    if len(train_set) < settings.batch_size:  # drop_last would leave no batch: the loop never ends
+        raise ValueError(
+            f"batch_size {settings.batch_size} exceeds the {len(train_set)} training images (no full batch)"
+        )
     generator = torch.Generator().manual_seed(settings.seed)
     torch.manual_seed(settings.seed)  # the random flips
     optimizer = torch.optim.AdamW(vit.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)

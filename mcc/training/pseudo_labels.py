@@ -220,6 +220,8 @@ def make_pseudo_labels(
 
     patch = net.encoder.patch_size
     use_autocast = autocast_dtype is not None and device.type == "cuda"
+    if use_autocast and autocast_dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
+        autocast_dtype = torch.float16  # a GPU before Ampere: bf16 autocast would raise
 
     def cam_fn(images: torch.Tensor):
         return net.cams(resize_to_patch_multiple(images, patch))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pickle
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -145,10 +146,17 @@ def build_vit(
         path = Path(pretrained_file)
         if not path.is_file():
             raise FileNotFoundError(f"pretrained_file not found: {path}")
-        with _model_options_checked(name, kwargs):
-            model = timm.create_model(
-                timm_name, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, **options
-            )
+        try:
+            with _model_options_checked(name, kwargs):
+                model = timm.create_model(
+                    timm_name, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, **options
+                )
+        except (RuntimeError, EOFError, pickle.UnpicklingError, KeyError) as error:  # torch/timm by kind
+            from mcc.training.checkpoint import _load_failure
+
+            raise ValueError(
+                f"pretrained_file {path}: not loadable as weights of {name!r}: it {_load_failure(error)}"
+            ) from error
     else:
         try:
             with _model_options_checked(name, kwargs):

@@ -157,3 +157,46 @@ def test_float64_maps_stay_float64():
 
     cam, cam_aux = multi_scale_cam(cam_fn, torch.rand(2, 3, 32, 24, dtype=torch.float64))
     assert cam.dtype == cam_aux.dtype == torch.float64
+
+
+@pytest.mark.parametrize("flip", [True, False])
+@pytest.mark.parametrize("scales", [(1.0, 0.5, 1.5), (0.5, 1.0, 1.0), (1.0,), (0.5, 1.5)])
+@pytest.mark.parametrize("with_aux", [True, False])
+def test_deferred_direct_pass_gives_multi_scale_cam(flip, scales, with_aux):
+    # the training step's split: every pass but cam_fn(images) now, those maps given to finish()
+    from mcc.cam.multi_scale import _deferred_multi_scale_cam
+
+    weight = torch.randn(6, 3, generator=torch.Generator().manual_seed(0))
+    calls = []
+
+    def cam_fn(x):
+        calls.append(tuple(x.shape))
+        maps = torch.einsum("kc,bchw->bkhw", weight, F.avg_pool2d(x, 8))
+        return (maps, maps.flip(1) * 2) if with_aux else maps
+
+    images = torch.randn(2, 3, 32, 48, generator=torch.Generator().manual_seed(1))
+    expected = multi_scale_cam(cam_fn, images, scales, flip)
+    deferred = any(s == 1.0 for s in scales)
+    calls.clear()
+    finish = _deferred_multi_scale_cam(cam_fn, images, scales, flip, defer_direct=True)
+    # at full size only the flipped half ran (B images, once however often 1.0 is listed)
+    assert [c for c in calls if c[-2:] == (32, 48)] == ([(2, 3, 32, 48)] if flip and deferred else [])
+    result = finish(cam_fn(images) if deferred else None) if deferred else None
+    if not deferred:
+        with pytest.raises(ValueError, match="finish takes"):
+            finish(cam_fn(images))
+        result = finish(None)
+    for got, want in zip(result, expected):
+        if want is None:
+            assert got is None
+        else:
+            torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+    # only some channels: those equal, the others zero
+    classes = torch.tensor([1, 4])
+    finish = _deferred_multi_scale_cam(cam_fn, images, scales, flip, defer_direct=deferred, classes=classes)
+    result = finish(cam_fn(images) if deferred else None)
+    for got, want in zip(result, expected):
+        if want is not None:
+            torch.testing.assert_close(got[:, classes], want[:, classes], rtol=0, atol=0)
+            assert not got[:, [0, 2, 3, 5]].any()

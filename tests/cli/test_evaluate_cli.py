@@ -67,8 +67,16 @@ def test_metrics_predictions_and_pictures(synthetic, tmp_path, capsys):
     assert sorted((out / "vis").iterdir()) == sorted(pictures)
     with Image.open(pictures[0]) as picture:
         assert picture.size == (5 * 64 + 4 * 2, 64)  # image | CAM | CAM+PAR | prediction | truth
-    with Image.open(pictures[-1]) as overview:  # two strips enlarged x2, 4 px padding
-        assert overview.size == (2 * (5 * 64 + 4 * 2) + 8, 2 * 2 * 64 + 3 * 4)
+    with Image.open(pictures[-1]) as overview:  # titles, two strips split in panels enlarged x2, legend
+        picture = np.asarray(overview.convert("L"))
+    grid_h = 2 * 2 * 64 + 3 * 4
+    assert picture.shape[1] == 5 * (2 * 64 + 4) + 4 and picture.shape[0] > grid_h + 2 * 13
+    title_h = 13 + 2 * 4  # title_size 13 (6 x 2 + 1) and its margins
+    titles, legend = picture[:title_h], picture[title_h + grid_h :]
+    for column in range(5):  # every column has a title (dark text on white)
+        cell = titles[:, 4 + column * 132 : 4 + column * 132 + 128]
+        assert (cell < 100).sum() > 20, column
+    assert (legend < 100).sum() > 50  # the class names and swatch outlines
 
 
 def test_test_split_writes_server_layout_and_archive(synthetic, tmp_path, capsys):

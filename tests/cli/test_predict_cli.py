@@ -81,7 +81,7 @@ def test_masks_equal_mcc_evaluate_save_pred(synthetic, photos, tmp_path):
 def test_resume_skips_done_images_and_overwrite_redoes_them(synthetic, photos, tmp_path):
     _, checkpoint = synthetic
     out = tmp_path / "out"
-    _predict(checkpoint, out, photos / "val_000000.jpg")
+    _predict(checkpoint, out, photos / "val_000000.jpg", extra=["--num-workers", "0"])  # decoded in-process
     first = (out / "val_000000.png").stat().st_mtime_ns
     # a killed run: a mask without its record, and a torn record line in a rank's part file
     (out / ".records").mkdir()
@@ -237,3 +237,26 @@ def test_recorded_class_names_are_used_and_checked_downstream(synthetic, photos,
     with pytest.raises(SystemExit) as exit_info:
         evaluate_cli.main(["--checkpoint", str(named), "--data-root", str(shuffled), "--no-cams"])
     assert exit_info.value.code == 2 and "the same classes in another order" in capsys.readouterr().err
+
+
+def test_checkpoint_and_option_mistakes_are_one_line(synthetic, photos, tmp_path, capsys):
+    _, checkpoint = synthetic
+    base = [str(photos), "--out-dir", str(tmp_path / "o"), "--device", "cpu"]
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a checkpoint at all")
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(checkpoint.read_bytes()[:5000])
+    cases = [
+        (["--checkpoint", str(garbage)], "corrupt"),
+        (["--checkpoint", str(truncated)], "truncated"),
+        (["--checkpoint", str(checkpoint), "--no-such-option"], "unrecognized arguments"),
+        (["--checkpoint", str(checkpoint), "--device", "gpu0"], "--device"),
+        (["--checkpoint", str(checkpoint), "--batch-size", "0"], "--batch-size"),
+        (["--checkpoint", str(checkpoint), "--tag-threshold", "2"], "--tag-threshold"),
+    ]
+    for argv, match in cases:
+        with pytest.raises(SystemExit) as exit_info:
+            predict_cli.main([*base, *argv])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert exit_info.value.code == 2 and len(err) == 1 and err[0].startswith("mcc-predict: error: ")
+        assert match in err[0], err

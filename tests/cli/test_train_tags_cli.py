@@ -125,3 +125,47 @@ def test_module_form_trains_from_tags_and_keeps_voc(tagged, tmp_path, capsys):
     with pytest.raises(SystemExit):
         train_cli._module_main(["voc", "--max-iters", "3"])  # the VOC form still needs --data-root
     assert "--data-root is required" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_tags_vs_voc_script_in_miniature(tmp_path, capsys, monkeypatch):
+    """examples/tags_vs_voc.py (the measurement of docs/own-data.md) on 4 images for 2 steps."""
+    import runpy
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "examples" / "tags_vs_voc.py"
+    argv = [
+        "--work-dir",
+        str(tmp_path / "w"),
+        "--steps",
+        "2",
+        "--num-train",
+        "4",
+        "--num-val",
+        "2",
+        "--batch-size",
+        "2",
+    ]
+    monkeypatch.setattr(sys, "argv", [str(script), *argv])
+    runpy.run_path(str(script), run_name="__main__")
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["max_weight_difference"] == 0.0 and result["tags_seg_miou"] == result["voc_seg_miou"]
+    assert result["num_val"] == 2 and 0 <= result["all_background_miou"] <= 100
+
+
+def test_pseudo_labels_of_tagged_images(synthetic, tagged, tmp_path):
+    """make_pseudo_labels takes TagImages: pseudo labels for a second stage need no VOC layout either."""
+    from mcc.data import TagImages, read_tags
+    from mcc.training import make_pseudo_labels, net_from_checkpoint, read_label_png
+
+    _, checkpoint = synthetic
+    photos, tags, classes = tagged
+    net = net_from_checkpoint(checkpoint)
+    dataset = TagImages(read_tags(tags, photos, classes))
+    record = make_pseudo_labels(net, dataset, tmp_path / "pl", scales=(1.0,))
+    assert record["written"] == 4 and "scores" not in record  # no masks: nothing to score
+    for image_id, label in zip(dataset.ids, dataset.labels):
+        values = set(read_label_png(tmp_path / "pl" / f"{image_id}.png").ravel().tolist())
+        allowed = {0, *(1 + i for i in range(len(label)) if label[i])}  # background and the image's tags
+        assert values <= allowed

@@ -139,7 +139,7 @@ def test_every_checkpoint_mistake_is_one_line(name, synthetic, tmp_path, capsys)
     _fails_in_one_line(capsys, main, *_replace(argv, "--checkpoint", str(tmp_path / "no.pt")), match="no.pt")
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(b"not a checkpoint at all")
-    _fails_in_one_line(capsys, main, *_replace(argv, "--checkpoint", str(garbage)), match="corrupt")
+    _fails_in_one_line(capsys, main, *_replace(argv, "--checkpoint", str(garbage)), match="garbage.pt")
     truncated = tmp_path / "truncated.pt"
     truncated.write_bytes(checkpoint.read_bytes()[:5000])
     _fails_in_one_line(capsys, main, *_replace(argv, "--checkpoint", str(truncated)), match="truncated")
@@ -255,3 +255,44 @@ def test_a_root_without_classes_txt_against_a_smaller_network_is_refused_with_th
     with pytest.warns(UserWarning, match="PASCAL VOC class names"):
         line = _fails_in_one_line(capsys, PROGRAMS[name], *argv, match="has 21 classes")
     assert "the root has no classes.txt" in line and "write the 6 class names" in line
+
+
+def test_shipped_configs_are_named_by_config(capsys):
+    pytest.importorskip("yaml")
+    assert train_cli.shipped_configs() == ["coco_released", "voc_paper", "voc_released"]
+    for name in ("voc_released", "voc_released.yaml"):
+        args = train_cli.parse_args(train_cli.build_parser("voc"), ["--config", name])
+        assert args.data_root == "VOCdevkit/VOC2012" and args.work_dir == "work_dirs/mcc_voc_released"
+    assert train_cli.parse_args(train_cli.build_parser("voc"), ["--config", "voc_paper"]).preset == "paper"
+    with pytest.raises(SystemExit):
+        train_cli.parse_args(train_cli.build_parser("voc"), ["--config", "voc_relased"])
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("nor a config shipped with mcc: coco_released, voc_paper, voc_released)"), err
+    tomllib = pytest.importorskip("tomllib")
+    pyproject = tomllib.loads((EXAMPLES.parent / "pyproject.toml").read_text())
+    assert "configs/*.yaml" in pyproject["tool"]["setuptools"]["package-data"]["mcc"]  # in the wheel
+
+
+def test_more_training_mistakes_are_one_line(synthetic, tmp_path, capsys):
+    pytest.importorskip("yaml")
+    root, checkpoint = synthetic
+    argv = _needs("mcc-train-voc", root, checkpoint, tmp_path)
+    bad_yaml = tmp_path / "bad.yaml"
+    bad_yaml.write_text("batch_size: [1,\n")
+    _fails_in_one_line(
+        capsys, train_cli.main_voc, *argv, "--config", str(bad_yaml), match="is not valid YAML"
+    )
+    weights = tmp_path / "w.pth"
+    weights.write_bytes(b"not weights" * 10)
+    pretrained = [*_replace(argv, "--pretrained", "true"), "--pretrained-file", str(weights)]
+    _fails_in_one_line(
+        capsys, train_cli.main_voc, *pretrained, match=f"--pretrained-file {weights}: not loadable"
+    )
+    _fails_in_one_line(capsys, train_cli.main_voc, *argv, "--vit", "img_size=32", match="--crop-size")
+    _fails_in_one_line(
+        capsys, train_cli.main_voc, *argv, "--mcc", "cam_scales=[]", match="cam_scales must be"
+    )
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    _fails_in_one_line(capsys, train_cli.main_voc, *_replace(argv, "--work-dir", str(a_file / "w")),
+                       match="Not a directory")  # fmt: skip

@@ -66,13 +66,18 @@ class Spy:
             self.unmasked_images += args[0].shape[0]
 
 
-def _assert_same_labels(reused, independent, cam_atol: float = 0.0):
-    """Every label bit for bit; the CAMs within ``cam_atol`` (0: bit for bit)."""
+def _assert_same_labels(reused, independent, cls_label, cam_atol: float = 0.0):
+    """Every label bit for bit; the CAMs of the classes present in the batch within ``cam_atol`` (0: bit
+    for bit), the others zero (the reused pass makes the present ones only)."""
+    present = cls_label.bool().any(0)
     for name in reused._fields:
-        atol = cam_atol if name in ("cam", "cam_aux") else 0.0
-        torch.testing.assert_close(
-            getattr(reused, name), getattr(independent, name), rtol=0, atol=atol, msg=name
-        )
+        value, expected = getattr(reused, name), getattr(independent, name)
+        if name in ("cam", "cam_aux"):
+            assert not value[:, ~present].any(), name
+            value, expected, atol = value[:, present], expected[:, present], cam_atol
+        else:
+            atol = 0.0
+        torch.testing.assert_close(value, expected, rtol=0, atol=atol, msg=name)
 
 
 @pytest.mark.parametrize(
@@ -109,7 +114,7 @@ def test_reused_label_pass_gives_the_independent_labels(
     # float32 matrix products here give each image the same result whatever the batch; float64 ones do
     # not always (flip(x) alone vs in [x; flip x]: 1e-15), so there the CAMs agree to rounding
     exact = dtype == torch.float32
-    _assert_same_labels(reused, independent, cam_atol=0.0 if exact else 1e-13)
+    _assert_same_labels(reused, independent, cls_label, cam_atol=0.0 if exact else 1e-13)
     assert bool((reused.pseudo_label != 255).any()) and bool((reused.token_label != 255).any())
     assert dtype == torch.float64 or 0 < float(losses.positive_rate) < 1
     # B = 2 images fewer through the encoder than labels + gradient part separately (3 scales x 2B + 2B):
@@ -130,7 +135,7 @@ def test_reused_label_pass_under_cpu_autocast(monkeypatch):
         independent = independent_net.make_labels(x, cls_label, img_box, 13000, key_mask=key_mask)
         spy = Spy(net, monkeypatch)
         net.training_losses(*inputs, 13000, key_mask=key_mask)
-    _assert_same_labels(spy.labels[0], independent)
+    _assert_same_labels(spy.labels[0], independent, cls_label)
 
 
 @pytest.mark.parametrize(
@@ -161,9 +166,8 @@ def test_label_pass_reuses_the_gradient_pass_only_when_identical(
     else:  # every scale on [x; flip x], then [x; v1]
         assert spy.unmasked_images == 4 * len(scales) + 4
     if not train:
-        _assert_same_labels(
-            spy.labels[0], copy.deepcopy(net).make_labels(x, cls_label, img_box, 2500, key_mask=key_mask)
-        )
+        expected = copy.deepcopy(net).make_labels(x, cls_label, img_box, 2500, key_mask=key_mask)
+        _assert_same_labels(spy.labels[0], expected, cls_label)
 
 
 def test_precomputed_labels_and_the_plain_path_run_the_label_pass_alone(monkeypatch):
@@ -193,3 +197,19 @@ def test_reused_label_pass_on_cuda():
     for name in ("pseudo_label", "token_label"):
         agree = (getattr(reused, name) == getattr(independent, name)).float().mean()
         assert float(agree) >= 0.999, name
+
+
+@pytest.mark.parametrize("seg_target", ["par", "cam"])
+def test_reused_label_pass_with_a_negative_image(monkeypatch, seg_target):
+    # image 1 has no foreground class: only class 0 and 2 are made at full size
+    net = small_net(MCCConfig.released(seg_target=seg_target, **SMALL))
+    independent_net = copy.deepcopy(net)
+    x, v1, v2, _, img_box = batch()
+    cls_label = torch.tensor([[1, 0, 1, 0, 0], [0, 0, 0, 0, 0]], dtype=torch.float32)
+    inputs = (x, v1, v2, cls_label, img_box)
+    key_mask = net.mask_sampler(2, (8, 8), 6, generator=torch.Generator().manual_seed(5))
+    independent = independent_net.make_labels(x, cls_label, img_box, 13000, key_mask=key_mask)
+    spy = Spy(net, monkeypatch)
+    net.training_losses(*inputs, 13000, key_mask=key_mask)
+    _assert_same_labels(spy.labels[0], independent, cls_label)
+    assert not spy.labels[0].positive[1].any()

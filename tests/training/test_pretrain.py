@@ -85,3 +85,11 @@ def test_pretrain_learns_and_round_trips(tmp_path):
         load_standin(tmp_path / "other.pt")
     with pytest.raises(ValueError, match="patch_size"):
         ViTArch(img_size=30, patch_size=8)
+
+
+@pytest.mark.timeout(60)
+def test_a_batch_larger_than_the_training_set_is_refused_not_looped_forever():
+    train_set = SyntheticShapes(4, 32, seed=0)
+    vit = ViTArch(32, 8, 32, 1, 2).build(num_classes=train_set.num_classes)
+    with pytest.raises(ValueError, match="batch_size 8 exceeds the 4 training images"):
+        pretrain_vit(vit, train_set, PretrainSettings(steps=1, batch_size=8), log=lambda m: None)
