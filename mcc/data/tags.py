@@ -41,6 +41,7 @@ from torch.utils.data import Dataset
 
 from mcc.data.datasets import TrainViews
 from mcc.data.layout import IGNORE_INDEX, IMAGE_SUFFIXES, VOC_CLASSES, read_image
+from mcc.data.strong_view import StrongAugment
 from mcc.data.transforms import IMAGENET_MEAN, IMAGENET_STD, PhotometricAugment, normalize, pixel_stats
 
 __all__ = [
@@ -622,7 +623,7 @@ class TagTrainViews(_TagDataset, TrainViews):
         labels: their (N, C - 1) multi-hot labels, with
         class_names: background first (default ``background, class_1, ...``).
         crop_size, scale_range, flip_p, global_size, global_scale, x_photometric, v1_photometric,
-            v2_photometric, seed, mean, std: as in :class:`~mcc.data.VOCTrainViews`.
+            v2_photometric, seed, mean, std, strong_view: as in :class:`~mcc.data.VOCTrainViews`.
 
     Raises:
         ValueError, FileNotFoundError: bad labels or missing images (named).
@@ -646,6 +647,7 @@ class TagTrainViews(_TagDataset, TrainViews):
         seed: int | None = None,
         mean: tuple[float, float, float] = IMAGENET_MEAN,
         std: tuple[float, float, float] = IMAGENET_STD,
+        strong_view: StrongAugment | None = None,
     ) -> None:
         self._init_views(
             crop_size=crop_size,
@@ -659,6 +661,7 @@ class TagTrainViews(_TagDataset, TrainViews):
             seed=seed,
             mean=mean,
             std=std,
+            strong_view=strong_view,
         )
         self.tags = _as_tags(tags, paths, labels, class_names)
 

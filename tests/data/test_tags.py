@@ -264,3 +264,22 @@ def test_tag_images_and_bad_in_memory_labels(images, tmp_path):
         TagTrainViews(paths=[images / "missing.jpg"], labels=[[1, 0, 0]])
     with pytest.raises(ValueError, match="tag 'cow' is not one of"):
         tags_from_mapping({"a": ["cow"]}, images, CLASSES)
+
+
+def test_tag_views_offer_the_strong_view_as_voc_views_do(tmp_path):
+    """DuPL's strong view: the same extra tensor from tags as from the VOC layout, the others unchanged."""
+    from mcc.data import StrongAugment
+
+    root = make_synthetic_voc(tmp_path / "voc", 3, 0, 48, seed=4)
+    truth = VOCSegmentation(root, "train")
+    mapping = {
+        i: [n for n, on in zip(truth.class_names[1:], row) if on] for i, row in zip(truth.ids, truth.labels)
+    }
+    tags = tags_from_mapping(mapping, root / "JPEGImages", truth.class_names[1:])
+    voc = VOCTrainViews(root, "train", crop_size=32, seed=3, strong_view=StrongAugment())
+    ours = TagTrainViews(tags, crop_size=32, seed=3, strong_view=StrongAugment())
+    for index in range(len(voc)):
+        a, b = voc[index], ours[index]
+        assert "strong" in a and a.keys() == b.keys()
+        for key in ("x", "v1", "v2", "strong", "cls_label", "img_box"):
+            assert torch.equal(a[key], b[key]), (index, key)
