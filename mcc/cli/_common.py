@@ -43,10 +43,11 @@ def user_error_message(error: BaseException) -> str | None:
     * :class:`UserError`, :class:`~mcc.training.CheckpointError` (a file that is no usable
       checkpoint), and an :class:`OSError` about a path (``FileNotFoundError``, ``IsADirectoryError``,
       ``PermissionError``, ...: a file or folder the user named);
-    * :class:`ValueError` raised by this package's own code: the library validates its inputs (files,
-      masks, options, settings) and raises ``ValueError`` with a message naming the argument, the file
-      or the row. A ``ValueError`` raised inside torch, NumPy or another library is not one of those
-      checks but a call this package got wrong - a bug - and keeps its traceback; so does every other
+    * :class:`ValueError` raised by a ``raise`` statement of this package's own code: the library
+      validates its inputs (files, masks, options, settings) and raises ``ValueError`` with a message
+      naming the argument, the file or the row. Python's own ``ValueError`` in our code (a failed
+      unpacking, ``int("x")``) and one raised inside torch, NumPy or another library are not those
+      checks but a bug, and keep their traceback; so does every other
       exception type (``TypeError``, ``RuntimeError``, ``KeyError``, ...);
     * the same errors raised in a ``DataLoader`` worker (torch re-raises them in the main process with
       the worker's traceback in the message);
@@ -68,7 +69,9 @@ def user_error_message(error: BaseException) -> str | None:
         if worker is not None:
             return worker
         frames = traceback.extract_tb(error.__traceback__)
-        if frames and _in_package(frames[-1].filename):
+        # an explicit check of ours (a raise statement in mcc), not Python's own ValueError from our code
+        # (a failed unpacking, int("x")), which is a bug
+        if frames and _in_package(frames[-1].filename) and (frames[-1].line or "").startswith("raise"):
             return _one_line(str(error))
     return None
 

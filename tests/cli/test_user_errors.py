@@ -296,3 +296,18 @@ def test_more_training_mistakes_are_one_line(synthetic, tmp_path, capsys):
     a_file.write_text("x")
     _fails_in_one_line(capsys, train_cli.main_voc, *_replace(argv, "--work-dir", str(a_file / "w")),
                        match="Not a directory")  # fmt: skip
+
+
+def test_pythons_own_value_error_in_our_code_is_a_bug(tmp_path):
+    """A failed unpacking in mcc's code is a bug (traceback), not a check of the user's input."""
+    import mcc
+
+    package = Path(mcc.__file__).parent
+    source = tmp_path / "unpacking.py"
+    source.write_text("def unpack(values):\n    first, second = values\n")
+    namespace: dict = {}
+    # compiled as if it were a module of the package: only the raise statement decides
+    exec(compile(source.read_text(), str(package / "_unpacking_probe.py"), "exec"), namespace)
+    error = _raised(lambda: namespace["unpack"]([1]))
+    assert isinstance(error, ValueError)
+    assert user_error_message(error) is None
