@@ -616,6 +616,15 @@ def train(
     accumulation = settings.accumulation_steps
     teacher = net.projector.teacher
     num_views = net.config.num_views
+    # the log line leaves out the terms of options that are off (always 0); metrics and TensorBoard keep all
+    unused_terms = {
+        name
+        for name, weight in (
+            ("consistency", net.config.w_consistency),
+            ("seg_to_cam", net.config.w_seg_to_cam),
+        )
+        if not weight
+    }
     batches = _batches(train_set, sampler, start_step, settings, pin=device.type == "cuda")
     pending: list[tuple[int, float, torch.Tensor]] = []  # steps whose values are still on the device
     window: list[torch.Tensor] = []  # rank means of the steps since the last log line (host)
@@ -734,7 +743,11 @@ def train(
             if logging:
                 mean = torch.stack(window).mean(0).tolist()
                 seconds = (time.perf_counter() - tic) / len(window)
-                terms = " ".join(f"{name} {value:.4f}" for name, value in zip(LOSS_NAMES, mean, strict=True))
+                terms = " ".join(
+                    f"{name} {value:.4f}"
+                    for name, value in zip(LOSS_NAMES, mean, strict=True)
+                    if name not in unused_terms
+                )
                 logger.log(f"step {done}/{settings.max_iters} lr {lr:.3e} {terms} {seconds:.2f}s/it")
                 logger.scalars("train", {**dict(zip(LOSS_NAMES, mean, strict=True)), "lr": lr}, done)
                 window, tic = [], time.perf_counter()

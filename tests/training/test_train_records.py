@@ -96,3 +96,6 @@ def test_progress_bar_only_when_asked_or_on_a_terminal(root, tmp_path, capsys):
     run(root, tmp_path / "auto", log=print, max_iters=2)  # captured stdout is not a terminal
     out = capsys.readouterr().out
     assert "train:" not in out and "step 2/2" in out
+    line = next(text for text in out.splitlines() if "step 2/2" in text)
+    assert " total " in line and " mcc " in line  # the options that are off leave their terms out
+    assert "consistency" not in line and "seg_to_cam" not in line
