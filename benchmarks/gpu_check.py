@@ -259,8 +259,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--out", default=str(ROOT / "runs" / "gpu-check"), help="folder for the results (default: %(default)s)")
-    parser.add_argument("--budget", type=float, default=460.0, help="seconds for all checks together (default: %(default)s)")
+    parser.add_argument(
+        "--out",
+        default=str(ROOT / "runs" / "gpu-check"),
+        help="folder for the results (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--budget", type=float, default=460.0, help="seconds for all checks together (default: %(default)s)"
+    )
     parser.add_argument("--dry-run", action="store_true", help="start every benchmark, parse, stop")
     args = parser.parse_args()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": os.pathsep.join(
