@@ -245,8 +245,8 @@ class PermutohedralLattice:
         ``order`` is a stable sort of the (vertex, lane) layout by point, ``starts`` the first sorted entry
         of each point. Padding lanes are left out by a cumulative count (no data-dependent size).
         """
-        batch, num_pixels, d, device = self.batch_size, self.num_pixels, self.dim, self.device
-        num_points, total = self.num_points, order.numel()
+        batch, num_pixels, d = self.batch_size, self.num_pixels, self.dim
+        total = order.numel()
         # Entry e of the (vertex, lane) layout is vertex e // lanes of lane e % lanes.
         vertex = torch.div(order, lanes, rounding_mode="floor")
         rows = order - vertex * lanes
