@@ -271,18 +271,18 @@ class DenseCRF:
         marginals = crf.inference(steps)
         return np.asarray(marginals, dtype=np.float32).reshape(num_classes, height, width)
 
-    def _torch_unary(self, scores: torch.Tensor) -> torch.Tensor:
-        """The unary term for scores (B, C, N), float32, as :meth:`unary_energy` computes it."""
+    def _torch_neg_unary(self, scores: torch.Tensor) -> torch.Tensor:
+        """Minus the unary term for scores (B, C, N), float32, as :meth:`unary_energy` computes it."""
         if scores.dtype != torch.float64:
             scores = scores.float()
         if self.unary == "softmax":
-            energy = -torch.log(scores.clamp(self.clip, 1.0))
+            negative = scores.clamp(self.clip, 1.0).log_()
         elif self.unary == "logits":
             shifted = scores - scores.amax(dim=1, keepdim=True)
-            energy = torch.log(torch.exp(shifted).sum(dim=1, keepdim=True)) - shifted
+            negative = shifted.sub_(torch.log(torch.exp(shifted).sum(dim=1, keepdim=True)))
         else:
-            energy = scores
-        return energy.float()
+            negative = -scores
+        return negative.float()
 
     def _normalized(self, lattice: PermutohedralLattice, weight: float) -> PermutohedralLattice:
         """One Potts term's lattice: Q -> w * n * K(n * Q) (pydensecrf subtracts its negative)."""
@@ -353,7 +353,7 @@ class DenseCRF:
         with torch.no_grad(), _no_autocast(device):
             # Pixel-major (N, B, C): the spatial lattice (one image) filters it as (N, B*C), the bilateral
             # one (every image its own points) as (N*B, C); neither needs a copy per iteration.
-            unary = self._torch_unary(probs.detach().reshape(batch, num_classes, pixels))
+            negative_unary = self._torch_neg_unary(probs.detach().reshape(batch, num_classes, pixels))
             gaussian, fused = self._gaussian(height, width, device)
             features = bilateral_features(images.to(torch.float32), self.bi_rgb_std, self.bi_xy_std)
             bilateral = self._normalized(PermutohedralLattice(features), self.bi_w).interleaved()
@@ -373,7 +373,7 @@ class DenseCRF:
                 device,
             )
             neg_unary, q, energy = buffers["neg_unary"], buffers["q"], buffers["energy"]
-            torch.neg(unary.permute(2, 0, 1), out=neg_unary[..., :num_classes])
+            neg_unary[..., :num_classes] = negative_unary.permute(2, 0, 1)
             neg_unary[..., num_classes:] = -math.inf
             gaussian_work = [buffers[f"g{i}"] for i in range(2)]
             bilateral_work = [buffers[f"b{i}"] for i in range(2)]
