@@ -1,6 +1,7 @@
 """Dense CRF, seconds per image: pydensecrf2 (C++, CPU) vs the torch backend (CPU, and CUDA if present).
 
-One generated VOC-size scene (375x500, 21 classes, the scene of ``tests/refine/test_dense_crf.py``) with
+One generated VOC-size scene (375x500, 21 classes, the scene of ``tests/refine/test_dense_crf.py``; ``--scene
+coco``: 427x640, 81 classes) with
 the published evaluation parameters ``DenseCRF(10, 1, 1, 121, 5, 4)``. Each row is the median over
 ``--repeats`` calls after one warm-up, in its own process (see ``common.py``), and covers everything a
 call does: unary, both lattices (or pydensecrf's; the torch backend's spatial lattice depends only on the
@@ -40,11 +41,15 @@ from mcc.refine import DenseCRF, bilateral_filter
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "refine"))
 from test_dense_crf import voc_like_scene  # noqa: E402
 
+# Scene sizes: (height, width, classes).
+SCENES = {"voc": (375, 500, 21), "coco": (427, 640, 81)}
+
 
 def child(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     device = torch.device("cuda" if args.backend == "torch-cuda" else "cpu")
-    scenes = [voc_like_scene(seed) for seed in range(max(1, args.batch if args.batched else 1))]
+    count = max(1, args.batch if args.batched else 1)
+    scenes = [voc_like_scene(seed, *SCENES[args.scene]) for seed in range(count)]
     if args.backend == "pydensecrf":
         crf = DenseCRF(10, 1, 1, 121, 5, 4)
     else:
@@ -114,6 +119,12 @@ def main() -> None:
         default="auto",
         help="cpu: CPU rows only; cuda: also the CUDA rows (required); auto: CUDA rows when available",
     )
+    parser.add_argument(
+        "--scene",
+        choices=sorted(SCENES),
+        default="voc",
+        help="the CRF's scene: voc (375x500, 21 classes) or coco (427x640, 81 classes)",
+    )
     parser.add_argument("--rloss-extension", help="folder of the compiled rloss bilateralfilter module")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--bilateral", action="store_true", help=argparse.SUPPRESS)
@@ -134,7 +145,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     print(f"# {environment()}")
     # Agreement of the two backends on the benchmark's scene (the slow test checks the same figures).
-    image, probs = voc_like_scene(0)
+    image, probs = voc_like_scene(0, *SCENES[args.scene])
     expected = DenseCRF(10, 1, 1, 121, 5, 4)(image, probs)
     marginals = DenseCRF(10, 1, 1, 121, 5, 4, backend="torch", device="cpu")(image, probs)
     difference = np.abs(marginals - expected)
@@ -153,7 +164,7 @@ def main() -> None:
     runs = [("pydensecrf", False), ("torch-cpu", False), ("torch-cpu", True)]
     if cuda:
         runs += [("torch-cuda", False), ("torch-cuda", True)]
-    common = ["--threads", str(args.threads), "--repeats", str(args.repeats)]
+    common = ["--threads", str(args.threads), "--repeats", str(args.repeats), "--scene", args.scene]
     header = ("backend", "batch", "s/image", "vs pydensecrf", "CPU s/image", "vs pydensecrf", "peak MB")
     print("{:12} {:>6} {:>10} {:>14} {:>12} {:>14} {:>9}".format(*header))
     results = {}
@@ -202,6 +213,7 @@ def main() -> None:
     summary = {
         "benchmark": "crf",
         "threads": args.threads,
+        "scene": args.scene,
         "crf_cpu_speedup": results["torch-cpu"]["cpu_speedup_vs_pydensecrf"],
         "crf_cpu_speedup_batch": results[f"torch-cpu-batch{args.cpu_batch}"]["cpu_speedup_vs_pydensecrf"],
         "crf_label_agreement": agreement["same_label"],
