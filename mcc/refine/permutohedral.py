@@ -43,6 +43,8 @@ __all__ = ["PermutohedralLattice"]
 
 # Each image's lattice points are looked up by one int64 key; the batch index is its most significant part.
 _INT64_LIMIT = 2**62
+# Below this many keys per batch they are int32 (the sort and the neighbour search take half the time).
+_INT32_LIMIT = 2**31
 
 
 def _no_autocast(device: torch.device) -> contextlib.AbstractContextManager:
@@ -162,8 +164,7 @@ class PermutohedralLattice:
             raise ValueError(
                 "features span too many lattice points for 64-bit keys; use larger standard deviations"
             )
-        # 32-bit keys where they fit: the sort and the neighbour search take half the time.
-        key_dtype = torch.int32 if block * batch < 2**31 else torch.int64
+        key_dtype = torch.int32 if block * batch < _INT32_LIMIT else torch.int64
 
         # rank[i]: for each pair i < j, i gains 1 if diff_i < diff_j, else j gains 1 (ties go to j).
         diff = elevated - rem0

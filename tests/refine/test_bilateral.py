@@ -401,3 +401,18 @@ def test_fused_products_are_the_same_filter(dim):
         fused32 = torch.sparse.mm(matrix, fused32)
     assert not torch.equal(fused32, single.filter_rows(values.float()))  # another summation order
     torch.testing.assert_close(fused32, single.filter_rows(values.float()), rtol=2e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("simd_padding", [True, False])
+def test_64_bit_keys_give_the_same_lattice(monkeypatch, simd_padding):
+    # Keys are int32 when the batch's key range fits, else int64 (large feature ranges); same bits.
+    import mcc.refine.permutohedral as permutohedral
+
+    features = bilateral_features(random_image(2, 19, 23, dtype=torch.float32), 15.0, 50.0)
+    values = torch.rand(2, 19 * 23, 3)
+    small = PermutohedralLattice(features, simd_padding=simd_padding)
+    monkeypatch.setattr(permutohedral, "_INT32_LIMIT", 0)
+    large = PermutohedralLattice(features, simd_padding=simd_padding)
+    assert large.num_points == small.num_points
+    assert torch.equal(large.filter(values), small.filter(values))
+    assert torch.equal(large.filter(values, reverse=True), small.filter(values, reverse=True))
