@@ -186,6 +186,40 @@ class KeyMaskedAttention(nn.Module):
         Returns:
             tokens, same shape as ``x``.
         """
+        q, k, v = self._heads(x, packing, rope)
+        batch, tokens = q.shape[0], q.shape[2]
+        out = self._core(q, k, v, key_mask).transpose(1, 2).reshape(batch, tokens, -1)
+        if packing is not None:
+            out = out.reshape(batch * tokens, -1).index_select(0, packing[0])
+        return self._output(out, x)
+
+    def attend_first(
+        self,
+        x: torch.Tensor,
+        key_mask: torch.Tensor | None,
+        packing: tuple[torch.Tensor, int, int] | None = None,
+        rope: torch.Tensor | None = None,
+        first: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The output of :meth:`attend` at the first token of each sequence only (its class token).
+
+        Keys and values are every token's, the query only the first token's, so the result is the first
+        row of :meth:`attend`'s (up to float rounding) at about ``1 / N`` of the attention cost; the
+        projections after the core run on that row alone.
+
+        Args:
+            x, key_mask, packing, rope: as in :meth:`attend`.
+            first: with ``packing``, the packed index of each row's first token, (rows,).
+
+        Returns:
+            (B, D); with ``packing``, (rows, D).
+        """
+        q, k, v = self._heads(x, packing, rope)
+        out = self._core(q[:, :, :1], k, v, key_mask).flatten(1)  # (B, heads * head_dim)
+        return self._output(out, x[:, 0] if packing is None else x.index_select(0, first))
+
+    def _heads(self, x, packing, rope) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Queries, keys and values (B, heads, N, head_dim), normed and rotated, in the padded layout."""
         qkv = self._project(x)
         if packing is None:
             batch, tokens = x.shape[:2]
@@ -204,13 +238,17 @@ class KeyMaskedAttention(nn.Module):
             # Grouped-query attention: head h uses key/value head h // groups (timm's order), after rotation.
             groups = self.num_heads // self.num_kv_heads
             k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+        return q, k, v
+
+    def _core(self, q, k, v, key_mask) -> torch.Tensor:
+        """``softmax(Q K^T / sqrt(d) + M') V`` (B, heads, queries, head_dim) for a (B, N) key mask or None."""
         # SDPA's boolean mask means "may attend": the key mask's complement, broadcast over heads and queries.
         allowed = None if key_mask is None else ~key_mask[:, None, None, :]
         dropout_p = self.attn_drop.p if self.attn_drop.training else 0.0
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=dropout_p)
-        out = out.transpose(1, 2).reshape(batch, tokens, q_size)
-        if packing is not None:
-            out = out.reshape(batch * tokens, -1).index_select(0, packing[0])
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=dropout_p)
+
+    def _output(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Output norm, gate (on the attention's input ``x`` at the same tokens) and projection."""
         out = self.norm(out)
         if self.gate is not None:
             out = out * self.gate(x).sigmoid()

@@ -120,6 +120,36 @@ class KeyMaskedViT(nn.Module):
             cls = self._forward_masked(patches, prefix, views, rope)
         return ViTTokens(cls.squeeze(1) if key_mask.dim() == 2 else cls, None, None, grid)
 
+    def _forward_partly_class_only(self, images: torch.Tensor, full: int) -> ViTTokens:
+        """:meth:`forward` without a key mask, the patch tokens wanted for the first ``full`` images only.
+
+        The last block computes the class token alone for the other images (see :meth:`_block_first`), so
+        ``cls`` is (B, D) for all images, ``patches`` and ``aux`` are (full, D, h, w) (None for
+        ``full = 0``); each equals :meth:`forward`'s up to float rounding.
+        """
+        grid = self._check_images(images)
+        patches, prefix = self._embed(images, grid)
+        rope = self._rope(grid)
+        x = self._start(torch.cat([prefix.expand(patches.shape[0], -1, -1), patches], dim=1))
+        aux, last = None, self.depth - 1
+        for index in range(last):
+            x = self._block(index, x, None, rope=self._block_rope(rope, index))
+            if index == self.aux_index and full:
+                aux = self._to_map(x[:full], grid)
+        last_rope = self._block_rope(rope, last)
+        cls = []  # the class tokens of the first `full` images, then of the others
+        head = None
+        if full:
+            head = self._block(last, x[:full], None, rope=last_rope)
+            if self.aux_index == last:
+                aux = self._to_map(head, grid)
+            head = self.vit.norm(head)
+            cls.append(head[:, 0])
+        if full < x.shape[0]:
+            cls.append(self.vit.norm(self._block_first(last, x[full:], None, rope=last_rope)))
+        patches = None if head is None else self._to_map(head, grid)
+        return ViTTokens(torch.cat(cls) if len(cls) > 1 else cls[0], patches, aux, grid)
+
     # -- input checks -------------------------------------------------------------------------------------
 
     def _check_images(self, images: torch.Tensor) -> tuple[int, int]:
@@ -241,6 +271,24 @@ class KeyMaskedViT(nn.Module):
         x = x + _drop_path(block.drop_path1, y, packing)
         return x + _drop_path(block.drop_path2, _layer_scale(block, 2, block.mlp(block.norm2(x))), packing)
 
+    def _block_first(self, index: int, x: torch.Tensor, key_mask, packing=None, rope=None, first=None):
+        """:meth:`_block`'s output at the first (class) token of each sequence only, (rows, D).
+
+        For a last block whose patch tokens nothing reads: keys and values are still every token's, but
+        the query, the projection, the MLP and the residuals act on the class token alone.
+        """
+        block = self.vit.blocks[index]
+        attention = self._attentions[index]
+        cls = x[:, 0] if packing is None else x.index_select(0, first)
+        # Drop path on (rows, D): timm's DropPath draws one value per row, as on the full sequences.
+        if self._post_norm[index]:
+            y = attention.attend_first(x, key_mask, packing, rope, first)
+            cls = cls + block.drop_path1(block.norm1(y))
+            return cls + block.drop_path2(block.norm2(block.mlp(cls)))
+        y = attention.attend_first(block.norm1(x), key_mask, packing, rope, first)
+        cls = cls + block.drop_path1(_layer_scale(block, 1, y))
+        return cls + block.drop_path2(_layer_scale(block, 2, block.mlp(block.norm2(cls))))
+
     def _block_rope(self, rope: torch.Tensor | None, index: int) -> torch.Tensor | None:
         """The rotary embedding block ``index`` uses (mixed rope has one per block)."""
         if rope is None or not getattr(self.vit, "rope_mixed", False):
@@ -301,12 +349,15 @@ class KeyMaskedViT(nn.Module):
         table = torch.cat([prefix[0], patches.reshape(batch * num_patches, -1)], dim=0)
         x = self._start(table.index_select(0, source.flatten().index_select(0, index)))
         packing = (index, rows, length)
-        for block_index in range(self.depth):
+        last = self.depth - 1
+        for block_index in range(last):
             block_rope = _gather_rope(self._block_rope(rope, block_index), order)
             x = self._block(block_index, x, padding, packing, block_rope)
-        # Each view's class token is its first packed token.
-        cls = self.vit.norm(x.index_select(0, starts))
-        return cls.reshape(batch, num_views, -1)
+        # Only the class tokens leave this path: the last block computes them alone (each view's class
+        # token is its first packed token).
+        block_rope = _gather_rope(self._block_rope(rope, last), order)
+        cls = self._block_first(last, x, padding, packing, block_rope, starts)
+        return self.vit.norm(cls).reshape(batch, num_views, -1)
 
 
 def _gather_rope(rope: torch.Tensor | None, order: torch.Tensor) -> torch.Tensor | None:
