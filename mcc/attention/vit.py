@@ -44,9 +44,12 @@ class KeyMaskedViT(nn.Module):
     A dropped key is dropped in every block, so a dropped token can never influence the class token (nor
     any kept token): the default **token-dropping path** feeds only the prefix tokens and the kept patch
     tokens of each view to the blocks. Per-token layers (norms, qkv, MLP, projections) run on the packed
-    real tokens of all views; the attention core pads the views to the longest one with a key-padding mask.
-    ``drop_tokens=False`` runs the **plain path** instead: every view's full sequence with masked
-    attention in every block (the published computation); both agree up to float rounding.
+    real tokens of all views; the attention core runs on each view's own tokens on the CPU, and on an
+    accelerator pads the views to the longest one with a key-padding mask (one kernel). Only the class
+    tokens leave this path, so its last block computes them alone (queries, MLP and residuals of the
+    class token; keys and values of every kept token). ``drop_tokens=False`` runs the **plain path**
+    instead: every view's full sequence with masked attention in every block (the published
+    computation); both agree up to float rounding.
 
     Rotary position embeddings (timm's ``Eva`` class: EVA-02, DINOv3, RoPE ViTs) are those timm computes for
     the token grid; on the token-dropping path each view's kept tokens get the rotations of their own grid
@@ -328,8 +331,15 @@ class KeyMaskedViT(nn.Module):
         n_prefix = self.num_prefix_tokens
         flat = views.reshape(rows, num_patches)
         kept = num_patches - flat.sum(dim=1)  # (rows,)
-        # The one host sync of this path: the padded length and the number of packed tokens.
-        longest, packed = (int(v) for v in torch.stack([kept.max(), kept.sum()]).tolist())
+        # The one host sync of this path: the padded length and the number of packed tokens (on the CPU,
+        # where nothing waits for it, every view's count, for the attention core view by view).
+        row_sizes = None
+        if _attention_by_rows(flat.device):
+            kept_list = kept.tolist()
+            longest, packed = max(kept_list), sum(kept_list)
+            row_sizes = tuple(n_prefix + k for k in kept_list)
+        else:
+            longest, packed = (int(v) for v in torch.stack([kept.max(), kept.sum()]).tolist())
         length = n_prefix + longest
         packed += rows * n_prefix
         # Kept patch indices first, in their original order (a stable sort puts False before True).
@@ -348,7 +358,7 @@ class KeyMaskedViT(nn.Module):
         index = row * length + torch.arange(packed, device=flat.device) - starts[row]
         table = torch.cat([prefix[0], patches.reshape(batch * num_patches, -1)], dim=0)
         x = self._start(table.index_select(0, source.flatten().index_select(0, index)))
-        packing = (index, rows, length)
+        packing = (index, rows, length) if row_sizes is None else (index, rows, length, row_sizes)
         last = self.depth - 1
         for block_index in range(last):
             block_rope = _gather_rope(self._block_rope(rope, block_index), order)
@@ -358,6 +368,12 @@ class KeyMaskedViT(nn.Module):
         block_rope = _gather_rope(self._block_rope(rope, last), order)
         cls = self._block_first(last, x, padding, packing, block_rope, starts)
         return self.vit.norm(cls).reshape(batch, num_views, -1)
+
+
+def _attention_by_rows(device: torch.device) -> bool:
+    """Whether the token-dropping path runs the attention core view by view (CPU: one kernel per view
+    costs nothing, padding to the longest view would) or on the padded layout (accelerators: one kernel)."""
+    return device.type == "cpu"
 
 
 def _gather_rope(rope: torch.Tensor | None, order: torch.Tensor) -> torch.Tensor | None:
@@ -398,7 +414,7 @@ def _drop_path(module: nn.Module, x: torch.Tensor, packing) -> torch.Tensor:
     drop_prob = getattr(module, "drop_prob", 0.0)
     if packing is None or not module.training or not drop_prob:
         return module(x)
-    index, rows, length = packing
+    index, rows, length = packing[:3]
     keep_prob = 1.0 - drop_prob
     # One draw per view, in the order and number timm's DropPath draws them on the plain path.
     keep = x.new_empty(rows).bernoulli_(keep_prob)
