@@ -379,3 +379,25 @@ def test_cuda_batch_equals_one_image_at_a_time_and_autocast_changes_nothing():
         under_autocast = bilateral_filter(image, values, 15.0, 50.0)
     assert under_autocast.dtype == torch.float32
     assert (under_autocast - batched).abs().max() <= 1e-6 * batched.abs().max()
+
+
+@pytest.mark.parametrize("dim", [2, 5])
+def test_fused_products_are_the_same_filter(dim):
+    # The first blur folded into the splat matrix and the last into the slice (the dense CRF's spatial
+    # kernel on the CPU): the same linear map, summed in another order.
+    features = bilateral_features(random_image(2, 21, 17, dtype=torch.float64), 15.0, 50.0)[..., :dim]
+    lattice = PermutohedralLattice(features.contiguous())
+    products = lattice._fused_products()
+    assert len(products) == dim + 1
+    values = torch.rand(2 * 21 * 17, 3, dtype=torch.float64)
+    fused = values
+    for matrix in products:
+        fused = torch.sparse.mm(matrix, fused)
+    expected = lattice.filter_rows(values)
+    torch.testing.assert_close(fused, expected, rtol=1e-13, atol=1e-13)
+    single = PermutohedralLattice(features.float().contiguous())
+    fused32 = values.float()
+    for matrix in single._fused_products():
+        fused32 = torch.sparse.mm(matrix, fused32)
+    assert not torch.equal(fused32, single.filter_rows(values.float()))  # another summation order
+    torch.testing.assert_close(fused32, single.filter_rows(values.float()), rtol=2e-6, atol=1e-6)

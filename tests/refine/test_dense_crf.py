@@ -271,6 +271,21 @@ def test_torch_backend_on_cuda_matches_the_cpu():
     assert (on_gpu.cpu() - on_cpu).abs().max() < 1e-4
 
 
+def test_torch_backend_fused_spatial_products_agree_with_the_lattice_filter():
+    # On the CPU the spatial kernel runs as 3 sparse products (blurs folded into splat and slice); the
+    # lattice's own 5-step filter (the CUDA path) is its twin.
+    image, probs = voc_like_scene(seed=3, height=47, width=59, num_classes=6)
+    crf = DenseCRF(backend="torch", device="cpu")
+    fused = crf(image, probs)
+    ((key, (lattice, products)),) = crf._gaussian_cache.items()
+    assert products is not None and len(products) == 3
+    crf._gaussian_cache[key] = lattice, None
+    plain = crf(image, probs)
+    assert not np.array_equal(fused, plain)
+    assert (fused.argmax(0) == plain.argmax(0)).all()
+    assert np.abs(fused - plain).max() < 1e-6
+
+
 def test_torch_backend_batched_computation_is_bit_identical_to_one_image_at_a_time():
     # The CUDA path: one computation for the batch (the spatial lattice shared, one bilateral lattice for
     # all images, no loop over images), run here on the CPU, which otherwise goes image by image.
