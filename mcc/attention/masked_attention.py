@@ -170,7 +170,7 @@ class KeyMaskedAttention(nn.Module):
         self,
         x: torch.Tensor,
         key_mask: torch.Tensor | None,
-        packing: tuple[torch.Tensor, int, int] | None = None,
+        packing: tuple | None = None,
         rope: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """:meth:`forward` without input checks (no host sync), for callers that guarantee a kept key.
@@ -179,21 +179,83 @@ class KeyMaskedAttention(nn.Module):
             x: tokens, shape (B, N, D); or, with ``packing``, packed tokens of shape (T, D).
             key_mask: dropped keys, bool, shape (B, N) (with ``packing``: (rows, length)), or None.
             packing: ``(index, rows, length)``: packed token ``t`` sits at flat position ``index[t]`` of a
-                (rows, length) padded layout. Per-token layers then run on the T real tokens only and the
-                attention core on the padded layout, where ``key_mask`` must drop every padding slot.
+                (rows, length) padded layout, row by row. Per-token layers then run on the T real tokens
+                only and the attention core on the padded layout, where ``key_mask`` must drop every
+                padding slot. ``(index, rows, length, sizes)``, with ``sizes`` the number of real tokens
+                of each row (Python ints): the core runs on each row's own tokens instead (no padding,
+                no mask; faster on the CPU, where the padding would cost its share of the work).
             rope: rotary embedding of the (padded-layout) tokens after the prefix, see :meth:`forward`.
 
         Returns:
             tokens, same shape as ``x``.
         """
         qkv = self._project(x)
+        sizes = _row_sizes(packing)
+        if sizes is not None:
+            return self._output(self._core_by_rows(qkv, sizes, rope, first_only=False), x)
         if packing is None:
             batch, tokens = x.shape[:2]
         else:
-            index, batch, tokens = packing
+            index, batch, tokens = packing[:3]
             qkv = qkv.new_zeros(batch * tokens, qkv.shape[-1]).index_copy(0, index, qkv)
+        q, k, v = self._heads(qkv.reshape(batch, tokens, -1), rope)
+        out = self._core(q, k, v, key_mask).transpose(1, 2).reshape(batch, tokens, -1)
+        if packing is not None:
+            out = out.reshape(batch * tokens, -1).index_select(0, packing[0])
+        return self._output(out, x)
+
+    def attend_first(
+        self,
+        x: torch.Tensor,
+        key_mask: torch.Tensor | None,
+        packing: tuple | None = None,
+        rope: torch.Tensor | None = None,
+        first: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The output of :meth:`attend` at the first token of each sequence only (its class token).
+
+        Keys and values are every token's, the query only the first token's, so the result is the first
+        row of :meth:`attend`'s (up to float rounding) at about ``1 / N`` of the attention cost; the
+        projections after the core run on that row alone.
+
+        Args:
+            x, key_mask, packing, rope: as in :meth:`attend`.
+            first: with ``packing``, the packed index of each row's first token, (rows,).
+
+        Returns:
+            (B, D); with ``packing``, (rows, D).
+        """
+        qkv = self._project(x)
+        sizes = _row_sizes(packing)
+        if sizes is not None:
+            out = self._core_by_rows(qkv, sizes, rope, first_only=True)
+        else:
+            if packing is None:
+                batch, tokens = x.shape[:2]
+            else:
+                index, batch, tokens = packing[:3]
+                qkv = qkv.new_zeros(batch * tokens, qkv.shape[-1]).index_copy(0, index, qkv)
+            q, k, v = self._heads(qkv.reshape(batch, tokens, -1), rope)
+            out = self._core(q[:, :, :1], k, v, key_mask).flatten(1)  # (B, heads * head_dim)
+        return self._output(out, x[:, 0] if packing is None else x.index_select(0, first))
+
+    def _core_by_rows(self, qkv, sizes, rope, first_only: bool) -> torch.Tensor:
+        """The attention core of each packed row on its own tokens: (T, heads * head_dim), or with
+        ``first_only`` the output at each row's first token, (rows, heads * head_dim)."""
+        out = []
+        for row, chunk in enumerate(qkv.split(sizes)):
+            row_rope = None if rope is None else rope[row : row + 1, :, : len(chunk) - self.num_prefix_tokens]
+            q, k, v = self._heads(chunk[None], row_rope)
+            if first_only:
+                q = q[:, :, :1]
+            out.append(self._core(q, k, v, None).transpose(1, 2).reshape(q.shape[2], -1))
+        return torch.cat(out)
+
+    def _heads(self, qkv: torch.Tensor, rope) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Queries, keys and values (B, heads, N, head_dim), normed and rotated, of projections (B, N, *)."""
+        batch, tokens = qkv.shape[:2]
         q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
-        q, k, v = qkv.reshape(batch, tokens, -1).split([q_size, kv_size, kv_size], dim=-1)
+        q, k, v = qkv.split([q_size, kv_size, kv_size], dim=-1)
         q = q.reshape(batch, tokens, self.num_heads, self.head_dim).transpose(1, 2)
         k = k.reshape(batch, tokens, self.num_kv_heads, self.head_dim).transpose(1, 2)
         v = v.reshape(batch, tokens, self.num_kv_heads, self.head_dim).transpose(1, 2)
@@ -204,13 +266,17 @@ class KeyMaskedAttention(nn.Module):
             # Grouped-query attention: head h uses key/value head h // groups (timm's order), after rotation.
             groups = self.num_heads // self.num_kv_heads
             k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+        return q, k, v
+
+    def _core(self, q, k, v, key_mask) -> torch.Tensor:
+        """``softmax(Q K^T / sqrt(d) + M') V`` (B, heads, queries, head_dim) for a (B, N) key mask or None."""
         # SDPA's boolean mask means "may attend": the key mask's complement, broadcast over heads and queries.
         allowed = None if key_mask is None else ~key_mask[:, None, None, :]
         dropout_p = self.attn_drop.p if self.attn_drop.training else 0.0
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=dropout_p)
-        out = out.transpose(1, 2).reshape(batch, tokens, q_size)
-        if packing is not None:
-            out = out.reshape(batch * tokens, -1).index_select(0, packing[0])
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=dropout_p)
+
+    def _output(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Output norm, gate (on the attention's input ``x`` at the same tokens) and projection."""
         out = self.norm(out)
         if self.gate is not None:
             out = out * self.gate(x).sigmoid()
@@ -252,6 +318,11 @@ def _check_timm_attention(attn: nn.Module) -> None:
         )
     if getattr(attn, "qkv", None) is None and getattr(attn, "q_proj", None) is None:
         raise TypeError(f"attn ({type(attn).__name__}) is not a timm-style Attention: no qkv or q_proj")
+
+
+def _row_sizes(packing) -> tuple[int, ...] | None:
+    """The per-row token counts of a packing that asks for the row-by-row attention core, else None."""
+    return packing[3] if packing is not None and len(packing) > 3 else None
 
 
 def _shared(attn: nn.Module, name: str, default) -> nn.Module:

@@ -44,9 +44,12 @@ class KeyMaskedViT(nn.Module):
     A dropped key is dropped in every block, so a dropped token can never influence the class token (nor
     any kept token): the default **token-dropping path** feeds only the prefix tokens and the kept patch
     tokens of each view to the blocks. Per-token layers (norms, qkv, MLP, projections) run on the packed
-    real tokens of all views; the attention core pads the views to the longest one with a key-padding mask.
-    ``drop_tokens=False`` runs the **plain path** instead: every view's full sequence with masked
-    attention in every block (the published computation); both agree up to float rounding.
+    real tokens of all views; the attention core runs on each view's own tokens on the CPU, and on an
+    accelerator pads the views to the longest one with a key-padding mask (one kernel). Only the class
+    tokens leave this path, so its last block computes them alone (queries, MLP and residuals of the
+    class token; keys and values of every kept token). ``drop_tokens=False`` runs the **plain path**
+    instead: every view's full sequence with masked attention in every block (the published
+    computation); both agree up to float rounding.
 
     Rotary position embeddings (timm's ``Eva`` class: EVA-02, DINOv3, RoPE ViTs) are those timm computes for
     the token grid; on the token-dropping path each view's kept tokens get the rotations of their own grid
@@ -119,6 +122,36 @@ class KeyMaskedViT(nn.Module):
         else:
             cls = self._forward_masked(patches, prefix, views, rope)
         return ViTTokens(cls.squeeze(1) if key_mask.dim() == 2 else cls, None, None, grid)
+
+    def _forward_partly_class_only(self, images: torch.Tensor, full: int) -> ViTTokens:
+        """:meth:`forward` without a key mask, the patch tokens wanted for the first ``full`` images only.
+
+        The last block computes the class token alone for the other images (see :meth:`_block_first`), so
+        ``cls`` is (B, D) for all images, ``patches`` and ``aux`` are (full, D, h, w) (None for
+        ``full = 0``); each equals :meth:`forward`'s up to float rounding.
+        """
+        grid = self._check_images(images)
+        patches, prefix = self._embed(images, grid)
+        rope = self._rope(grid)
+        x = self._start(torch.cat([prefix.expand(patches.shape[0], -1, -1), patches], dim=1))
+        aux, last = None, self.depth - 1
+        for index in range(last):
+            x = self._block(index, x, None, rope=self._block_rope(rope, index))
+            if index == self.aux_index and full:
+                aux = self._to_map(x[:full], grid)
+        last_rope = self._block_rope(rope, last)
+        cls = []  # the class tokens of the first `full` images, then of the others
+        head = None
+        if full:
+            head = self._block(last, x[:full], None, rope=last_rope)
+            if self.aux_index == last:
+                aux = self._to_map(head, grid)
+            head = self.vit.norm(head)
+            cls.append(head[:, 0])
+        if full < x.shape[0]:
+            cls.append(self.vit.norm(self._block_first(last, x[full:], None, rope=last_rope)))
+        patches = None if head is None else self._to_map(head, grid)
+        return ViTTokens(torch.cat(cls) if len(cls) > 1 else cls[0], patches, aux, grid)
 
     # -- input checks -------------------------------------------------------------------------------------
 
@@ -241,6 +274,24 @@ class KeyMaskedViT(nn.Module):
         x = x + _drop_path(block.drop_path1, y, packing)
         return x + _drop_path(block.drop_path2, _layer_scale(block, 2, block.mlp(block.norm2(x))), packing)
 
+    def _block_first(self, index: int, x: torch.Tensor, key_mask, packing=None, rope=None, first=None):
+        """:meth:`_block`'s output at the first (class) token of each sequence only, (rows, D).
+
+        For a last block whose patch tokens nothing reads: keys and values are still every token's, but
+        the query, the projection, the MLP and the residuals act on the class token alone.
+        """
+        block = self.vit.blocks[index]
+        attention = self._attentions[index]
+        cls = x[:, 0] if packing is None else x.index_select(0, first)
+        # Drop path on (rows, D): timm's DropPath draws one value per row, as on the full sequences.
+        if self._post_norm[index]:
+            y = attention.attend_first(x, key_mask, packing, rope, first)
+            cls = cls + block.drop_path1(block.norm1(y))
+            return cls + block.drop_path2(block.norm2(block.mlp(cls)))
+        y = attention.attend_first(block.norm1(x), key_mask, packing, rope, first)
+        cls = cls + block.drop_path1(_layer_scale(block, 1, y))
+        return cls + block.drop_path2(_layer_scale(block, 2, block.mlp(block.norm2(cls))))
+
     def _block_rope(self, rope: torch.Tensor | None, index: int) -> torch.Tensor | None:
         """The rotary embedding block ``index`` uses (mixed rope has one per block)."""
         if rope is None or not getattr(self.vit, "rope_mixed", False):
@@ -280,8 +331,15 @@ class KeyMaskedViT(nn.Module):
         n_prefix = self.num_prefix_tokens
         flat = views.reshape(rows, num_patches)
         kept = num_patches - flat.sum(dim=1)  # (rows,)
-        # The one host sync of this path: the padded length and the number of packed tokens.
-        longest, packed = (int(v) for v in torch.stack([kept.max(), kept.sum()]).tolist())
+        # The one host sync of this path: the padded length and the number of packed tokens (on the CPU,
+        # where nothing waits for it, every view's count, for the attention core view by view).
+        row_sizes = None
+        if _attention_by_rows(flat.device):
+            kept_list = kept.tolist()
+            longest, packed = max(kept_list), sum(kept_list)
+            row_sizes = tuple(n_prefix + k for k in kept_list)
+        else:
+            longest, packed = (int(v) for v in torch.stack([kept.max(), kept.sum()]).tolist())
         length = n_prefix + longest
         packed += rows * n_prefix
         # Kept patch indices first, in their original order (a stable sort puts False before True).
@@ -300,13 +358,22 @@ class KeyMaskedViT(nn.Module):
         index = row * length + torch.arange(packed, device=flat.device) - starts[row]
         table = torch.cat([prefix[0], patches.reshape(batch * num_patches, -1)], dim=0)
         x = self._start(table.index_select(0, source.flatten().index_select(0, index)))
-        packing = (index, rows, length)
-        for block_index in range(self.depth):
+        packing = (index, rows, length) if row_sizes is None else (index, rows, length, row_sizes)
+        last = self.depth - 1
+        for block_index in range(last):
             block_rope = _gather_rope(self._block_rope(rope, block_index), order)
             x = self._block(block_index, x, padding, packing, block_rope)
-        # Each view's class token is its first packed token.
-        cls = self.vit.norm(x.index_select(0, starts))
-        return cls.reshape(batch, num_views, -1)
+        # Only the class tokens leave this path: the last block computes them alone (each view's class
+        # token is its first packed token).
+        block_rope = _gather_rope(self._block_rope(rope, last), order)
+        cls = self._block_first(last, x, padding, packing, block_rope, starts)
+        return self.vit.norm(cls).reshape(batch, num_views, -1)
+
+
+def _attention_by_rows(device: torch.device) -> bool:
+    """Whether the token-dropping path runs the attention core view by view (CPU: one kernel per view
+    costs nothing, padding to the longest view would) or on the padded layout (accelerators: one kernel)."""
+    return device.type == "cpu"
 
 
 def _gather_rope(rope: torch.Tensor | None, order: torch.Tensor) -> torch.Tensor | None:
@@ -347,7 +414,7 @@ def _drop_path(module: nn.Module, x: torch.Tensor, packing) -> torch.Tensor:
     drop_prob = getattr(module, "drop_prob", 0.0)
     if packing is None or not module.training or not drop_prob:
         return module(x)
-    index, rows, length = packing
+    index, rows, length = packing[:3]
     keep_prob = 1.0 - drop_prob
     # One draw per view, in the order and number timm's DropPath draws them on the plain path.
     keep = x.new_empty(rows).bernoulli_(keep_prob)

@@ -690,14 +690,15 @@ class MCCNet(nn.Module):
 
     def _encode_global(self, x, v1):
         """The fast path's global pass: main tokens of x, student / teacher global class tokens (B, 2, D)."""
+        # Only the class tokens of v1 are read: its last block computes them alone.
         if v1.shape == x.shape:
-            both = self.encoder(torch.cat([x, v1]))
+            both = self.encoder._forward_partly_class_only(torch.cat([x, v1]), x.shape[0])
             batch = x.shape[0]
-            main = both._replace(cls=both.cls[:batch], patches=both.patches[:batch], aux=both.aux[:batch])
+            main = both._replace(cls=both.cls[:batch])
             cls_v1 = both.cls[batch:]
         else:
             main = self.encoder(x)
-            cls_v1 = self.encoder(v1).cls
+            cls_v1 = self.encoder._forward_partly_class_only(v1, 0).cls
         student_global = torch.stack([main.cls, cls_v1], dim=1)
         return main, student_global, student_global.detach()
 

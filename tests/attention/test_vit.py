@@ -6,6 +6,7 @@ import pytest
 import torch
 from attention_helpers import build, explicit_masked_cls, mixed_ratio_mask, relative_error
 
+import mcc.attention.vit as vit_module
 from mcc.attention import KeyMaskedViT, ScaledBernoulliKeyMask, patch_vit
 
 MODELS = ["test_vit", "deit_tiny", "registers", "distilled"]
@@ -19,12 +20,17 @@ def _grads(output: torch.Tensor, inputs: list[torch.Tensor], seed: int = 1) -> l
     return [torch.zeros_like(x) if g is None else g for x, g in zip(inputs, grads)]
 
 
+@pytest.mark.parametrize("core", ["by_rows", "padded"])
 @pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
 @pytest.mark.parametrize("name", MODELS)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
-def test_token_dropping_equals_plain_and_explicit(name, size, dtype):
+def test_token_dropping_equals_plain_and_explicit(monkeypatch, name, size, dtype, core):
     if name == "deit_tiny" and size == (448, 448) and dtype == torch.float64:
         pytest.skip("covered in float32 and by the slow test below")
+    if core == "padded" and size != (320, 480):
+        pytest.skip("the padded core (accelerators) is checked on the non-square size")
+    # the attention core view by view (the CPU's) or on the padded layout (an accelerator's), both here
+    monkeypatch.setattr(vit_module, "_attention_by_rows", lambda device: core == "by_rows")
     model = build(name, size).to(dtype)
     vit = patch_vit(model)
     generator = torch.Generator().manual_seed(7)

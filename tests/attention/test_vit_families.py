@@ -13,6 +13,7 @@ from attention_helpers import mixed_ratio_mask, relative_error
 from family_helpers import FAMILIES, TINY, build_family, patch_of, timm_masked_cls
 from timm.layers import Attention
 
+import mcc.attention.vit as vit_module
 from mcc.attention import KeyMaskedAttention, patch_vit
 
 DYNAMIC = {"dinov3", "dinov3_qkvb_swiglu", "deit_dynamic", "eva02_dynamic"}
@@ -51,8 +52,11 @@ def test_no_mask_equals_timm_forward_features(name):
     torch.testing.assert_close(tokens.aux, aux, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("core", ["by_rows", "padded"])
 @pytest.mark.parametrize("name", list(FAMILIES))
-def test_token_dropping_equals_plain_and_explicit_float64(name):
+def test_token_dropping_equals_plain_and_explicit_float64(monkeypatch, name, core):
+    # the attention core view by view (the CPU's) or on the padded layout (an accelerator's), both here
+    monkeypatch.setattr(vit_module, "_attention_by_rows", lambda device: core == "by_rows")
     built, size = _sizes(name)
     model = build_family(name, built).double()
     vit = patch_vit(model, aux_layer=-1)
@@ -74,6 +78,42 @@ def test_token_dropping_equals_plain_and_explicit_float64(name):
     for a, b, c in zip(_grads(fast, params), _grads(plain, params), _grads(explicit, params)):
         assert relative_error(a, c) < 1e-10
         assert relative_error(b, c) < 1e-10
+
+
+@pytest.mark.parametrize("full", [0, 1, 2])
+@pytest.mark.parametrize("aux_layer", [-1, -2])
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_class_token_alone_in_the_last_block_equals_the_full_forward(name, aux_layer, full):
+    # The fast step's global pass [x; v1]: patch tokens of the first `full` images, class tokens of all;
+    # the others' last block computes their class token alone.
+    built, size = _sizes(name)
+    model = build_family(name, built).double()
+    vit = patch_vit(model, aux_layer=aux_layer)
+    images = torch.randn(3, 3, *size, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    params = [p for p in model.parameters() if p.requires_grad]
+    reference = vit(images)
+    partly = vit._forward_partly_class_only(images, full)
+    assert relative_error(partly.cls, reference.cls) < 1e-12
+    outputs, expected = [partly.cls], [reference.cls]
+    if full:
+        assert relative_error(partly.patches, reference.patches[:full]) < 1e-12
+        assert relative_error(partly.aux, reference.aux[:full]) < 1e-12
+        outputs += [partly.patches, partly.aux]
+        expected += [reference.patches[:full], reference.aux[:full]]
+    else:
+        assert partly.patches is None and partly.aux is None
+    seeds = range(len(outputs))
+    loss = sum((o * torch.randn(o.shape, generator=torch.Generator().manual_seed(s), dtype=o.dtype)).sum()
+               for s, o in zip(seeds, outputs))  # fmt: skip
+    reference_loss = sum(
+        (o * torch.randn(o.shape, generator=torch.Generator().manual_seed(s), dtype=o.dtype)).sum()
+        for s, o in zip(seeds, expected)
+    )
+    grads = torch.autograd.grad(loss, params, allow_unused=True)
+    reference_grads = torch.autograd.grad(reference_loss, params, allow_unused=True)
+    for param, a, b in zip(params, grads, reference_grads):
+        a, b = (torch.zeros_like(param) if g is None else g for g in (a, b))
+        assert relative_error(a, b) < 1e-10
 
 
 @pytest.mark.parametrize("name", ["eva02", "dinov3", "rope_mixed"])

@@ -60,6 +60,14 @@ class Spy:
 
         monkeypatch.setattr(net, "_labels_from_cams", labels_from_cams)
         net.encoder.register_forward_pre_hook(self._count, with_kwargs=True)
+        # the fast step's global pass, whose last block makes v1's class token alone
+        partly = net.encoder._forward_partly_class_only
+
+        def partly_class_only(images, full):
+            self.unmasked_images += images.shape[0]
+            return partly(images, full)
+
+        monkeypatch.setattr(net.encoder, "_forward_partly_class_only", partly_class_only)
 
     def _count(self, module, args, kwargs):
         if len(args) == 1 and kwargs.get("key_mask") is None:

@@ -168,3 +168,14 @@ def test_per_image_high_thre_checks(high_thre, match):
     images, cams, cls_label = random_case()
     with pytest.raises(ValueError, match=match):
         refine_cams_with_background(PAR(num_iter=1), images, cams, cls_label, high_thre=high_thre)
+
+
+def test_ties_go_to_the_first_class_as_argmax():
+    # Two present classes with the same CAM tie everywhere: the lower class id wins (argmax's first
+    # maximum), at both background levels, on the layout where the step's label is an argmax over classes.
+    images, cams, cls_label = random_case(batch=1)
+    cams[0, 3] = cams[0, 1]
+    par = PAR(num_iter=2)
+    label = refine_cams_with_background(par, images, cams, cls_label, high_thre=0.0, low_thre=0.0)
+    assert set(label.unique().tolist()) == {2}
+    assert torch.equal(label, reference_refine(par, images, cams, cls_label, high_thre=0.0, low_thre=0.0))
