@@ -193,12 +193,8 @@ class KeyMaskedAttention(nn.Module):
         sizes = _row_sizes(packing)
         if sizes is not None:
             return self._output(self._core_by_rows(qkv, sizes, rope, first_only=False), x)
-        if packing is None:
-            batch, tokens = x.shape[:2]
-        else:
-            index, batch, tokens = packing[:3]
-            qkv = qkv.new_zeros(batch * tokens, qkv.shape[-1]).index_copy(0, index, qkv)
-        q, k, v = self._heads(qkv.reshape(batch, tokens, -1), rope)
+        q, k, v = self._padded_heads(qkv, x, packing, rope)
+        batch, tokens = q.shape[0], q.shape[2]
         out = self._core(q, k, v, key_mask).transpose(1, 2).reshape(batch, tokens, -1)
         if packing is not None:
             out = out.reshape(batch * tokens, -1).index_select(0, packing[0])
@@ -230,14 +226,19 @@ class KeyMaskedAttention(nn.Module):
         if sizes is not None:
             out = self._core_by_rows(qkv, sizes, rope, first_only=True)
         else:
-            if packing is None:
-                batch, tokens = x.shape[:2]
-            else:
-                index, batch, tokens = packing[:3]
-                qkv = qkv.new_zeros(batch * tokens, qkv.shape[-1]).index_copy(0, index, qkv)
-            q, k, v = self._heads(qkv.reshape(batch, tokens, -1), rope)
+            q, k, v = self._padded_heads(qkv, x, packing, rope)
             out = self._core(q[:, :, :1], k, v, key_mask).flatten(1)  # (B, heads * head_dim)
         return self._output(out, x[:, 0] if packing is None else x.index_select(0, first))
+
+    def _padded_heads(self, qkv, x, packing, rope) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`_heads` of the (B, N) sequences, or with ``packing`` of its padded (rows, length) layout
+        (padding slots zero)."""
+        if packing is None:
+            batch, tokens = x.shape[:2]
+        else:
+            index, batch, tokens = packing[:3]
+            qkv = qkv.new_zeros(batch * tokens, qkv.shape[-1]).index_copy(0, index, qkv)
+        return self._heads(qkv.reshape(batch, tokens, -1), rope)
 
     def _core_by_rows(self, qkv, sizes, rope, first_only: bool) -> torch.Tensor:
         """The attention core of each packed row on its own tokens: (T, heads * head_dim), or with

@@ -312,7 +312,10 @@ class DenseCRF:
             lattice = self._normalized(PermutohedralLattice(features).reordered(), self.pos_w)
             # On the CPU the first and last blurs are folded into the splat and slice (2 passes over the
             # lattice fewer per iteration, built in about 10 ms at VOC size); CUDA keeps the lattice's.
-            products = lattice._fused_products() if device.type == "cpu" else None
+            products = None
+            if device.type == "cpu":
+                products = lattice._fused_products()
+                lattice._matrices = lattice._kept_matrices()  # its splat and slice are in the products
             while len(cache) >= _CACHED_SIZES:
                 cache.pop(next(iter(cache)))
             cache[key] = lattice, products
